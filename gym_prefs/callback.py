@@ -1,0 +1,504 @@
+"""The Stable-Baselines3 callback that runs the preference loop beside any algorithm."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.utils import safe_mean
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from gym_prefs.comparisons import Comparisons
+from gym_prefs.fitting import FitReport, RewardTrainer
+from gym_prefs.reward_model import RewardEnsemble
+from gym_prefs.segments import Segment, SegmentPool, TransitionBatch, steps_for_bytes
+from gym_prefs.selection import SELECTION_METHODS, select_pairs
+from gym_prefs.sources import PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
+from gym_prefs.schedules import LabelSchedule
+from gym_prefs.spaces import spaces_match
+from gym_prefs.wrappers import LearnedReward, VecLearnedReward
+
+__all__ = ["PreferenceCallback"]
+
+#: Segment duration in seconds of simulated time (the paper's MuJoCo clips).
+SEGMENT_SECONDS = 1.5
+#: Segment length when the env does not say how long a step takes (the paper's Atari clips).
+DEFAULT_SEGMENT_LENGTH = 25
+
+
+class _RewardWrappers:
+    """Finds the reward wrappers of a training env and talks to them, wherever they run."""
+
+    def __init__(self, venv: VecEnv) -> None:
+        self.venv = venv
+        self.vec_wrapper: VecLearnedReward | None = None
+        inner: VecEnv = venv
+        while isinstance(inner, VecEnvWrapper):
+            if isinstance(inner, VecLearnedReward):
+                self.vec_wrapper = inner
+                break
+            inner = inner.venv
+        if self.vec_wrapper is None:
+            wrapped = venv.env_is_wrapped(LearnedReward)
+            if not all(wrapped):
+                missing = [i for i, w in enumerate(wrapped) if not w]
+                raise ValueError(
+                    "PreferenceCallback needs the training env to hide its reward behind a learned "
+                    f"one, but env(s) {missing} are not wrapped. Wrap each env with "
+                    "gym_prefs.LearnedReward(env) (e.g. make_vec_env(..., wrapper_class="
+                    "gym_prefs.LearnedReward)) or the VecEnv with gym_prefs.VecLearnedReward(venv)."
+                )
+
+    @property
+    def num_envs(self) -> int:
+        return self.venv.num_envs
+
+    def current_model(self) -> RewardEnsemble:
+        if self.vec_wrapper is not None:
+            return self.vec_wrapper.reward_model
+        return self.venv.get_attr("reward_model", indices=[0])[0]  # type: ignore[no-any-return]
+
+    def push(self, model: RewardEnsemble) -> None:
+        """Give every wrapper ``model``: shared in this process, a copy in worker processes."""
+        if self.vec_wrapper is not None:
+            self.vec_wrapper.set_reward_model(model)
+        else:
+            self.venv.env_method("set_reward_model", model)
+
+    def drain(self) -> list[tuple[int, TransitionBatch]]:
+        """New steps of every env, as ``(first env index, batch)`` pieces."""
+        if self.vec_wrapper is not None:
+            return [(0, self.vec_wrapper.pop_transitions())]
+        return list(enumerate(self.venv.env_method("pop_transitions")))
+
+    def inference_seconds(self) -> float:
+        if self.vec_wrapper is not None:
+            return self.vec_wrapper.inference_seconds
+        return float(sum(self.venv.get_attr("inference_seconds")))
+
+
+class PreferenceCallback(BaseCallback):
+    """Teaches any Stable-Baselines3 algorithm from preferences between clips of its behaviour.
+
+    The training env must be wrapped in :class:`~gym_prefs.LearnedReward` (each env) or
+    :class:`~gym_prefs.VecLearnedReward` (the VecEnv). The callback then runs the loop of
+    Christiano et al. (2017):
+
+    1. Before RL starts, it runs the initial policy, asks for ``initial_label_fraction`` of
+       the budget on pairs of its segments, waits for the answers and fits the reward model
+       for ``initial_fit_epochs``.
+    2. Every ``refit_interval`` timesteps (at the next rollout boundary) it cuts segments from
+       the recent steps, asks for the labels due by the schedule (pairs chosen by ensemble
+       disagreement or at random), collects whatever answers have arrived, refits the reward
+       model on all labels for ``fit_epochs``, re-normalises it on recent steps and gives it
+       to the wrappers. On-policy algorithms thus see one reward model per rollout;
+       off-policy algorithms get their replay buffer relabelled with the new model.
+
+    Logged through SB3's logger: ``preferences/labels`` (trained-on labels),
+    ``preferences/queries``, ``preferences/pending``, ``reward_model/train_loss``,
+    ``reward_model/val_loss``, ``reward_model/accuracy``, ``reward_model/l2``,
+    ``reward_model/true_reward_corr`` (Pearson correlation of r̂ with the true reward on recent
+    steps), and the episode returns side by side: ``rollout/ep_true_rew_mean`` and
+    ``rollout/ep_learned_rew_mean``. SB3's own ``rollout/ep_rew_mean`` is made to show the
+    **true** return too, wherever ``Monitor`` sits.
+
+    Args:
+        source: who labels: ``"oracle"`` or a :class:`~gym_prefs.PreferenceSource`.
+        total_labels: the label budget (queries asked, including those answered "can't tell").
+        segment_length: steps per segment; ``None`` takes 1.5 s of simulated time from the
+            env's ``dt`` or 25 steps when it has none.
+        initial_label_fraction: share of the budget asked before RL starts (paper: 0.25).
+        schedule: ``"decay"`` (rate ∝ scale/(T + scale), the paper's) or ``"constant"``.
+        schedule_scale: the decay's time scale in timesteps (paper: 2e6).
+        selection: ``"disagreement"`` (the paper's) or ``"random"``.
+        candidates_factor: candidate pairs sampled per query for disagreement selection.
+        refit_interval: timesteps between label requests and refits; ``None`` spreads 50 of
+            them over the run.
+        initial_fit_epochs: epochs of the first fit, before RL.
+        fit_epochs: epochs of each later refit.
+        batch_size: labelled pairs per minibatch.
+        learning_rate: Adam learning rate of the reward model.
+        reward_model: a :class:`~gym_prefs.RewardEnsemble`, a path to a saved one, a dict of
+            :class:`~gym_prefs.RewardEnsemble` keyword arguments, or ``None`` to use the
+            wrappers' model.
+        pool_size: most recent steps (over all envs) that segments are cut from.
+        pool_bytes: memory cap of that pool; image observations get fewer steps.
+        max_comparisons: fit on the newest this many labels only (``None``: all; the
+            paper's Atari setting: 3,000).
+        initial_steps: steps of the initial policy to run before RL (``None``: enough for the
+            initial pairs).
+        relabel_replay_buffer: relabel an off-policy replay buffer after every refit.
+        seed: seed for segment sampling, bootstrap samples and the oracle.
+        verbose: 0 silent, 1 a line per fit.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> from stable_baselines3 import PPO
+        >>> import gym_prefs
+        >>> env = gym_prefs.LearnedReward(gym.make("Pendulum-v1"))
+        >>> model = PPO("MlpPolicy", env, n_steps=256, seed=0)
+        >>> callback = gym_prefs.PreferenceCallback("oracle", total_labels=20, seed=0)
+        >>> _ = model.learn(1024, callback=callback)
+        >>> callback.num_labels
+        20
+    """
+
+    def __init__(
+        self,
+        source: str | PreferenceSource = "oracle",
+        total_labels: int = 700,
+        segment_length: int | None = None,
+        initial_label_fraction: float = 0.25,
+        schedule: str = "decay",
+        schedule_scale: float = 2e6,
+        selection: str = "disagreement",
+        candidates_factor: int = 10,
+        refit_interval: int | None = None,
+        initial_fit_epochs: int = 100,
+        fit_epochs: int = 5,
+        batch_size: int = 64,
+        learning_rate: float = 1e-3,
+        reward_model: RewardEnsemble | str | dict[str, Any] | None = None,
+        pool_size: int = 50_000,
+        pool_bytes: int = 512 * 2**20,
+        max_comparisons: int | None = None,
+        initial_steps: int | None = None,
+        relabel_replay_buffer: bool = True,
+        seed: int | None = None,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if selection not in SELECTION_METHODS:
+            raise ValueError(f"selection must be one of {SELECTION_METHODS}, got {selection!r}")
+        if segment_length is not None and segment_length < 1:
+            raise ValueError(f"segment_length must be positive, got {segment_length}")
+        if refit_interval is not None and refit_interval < 1:
+            raise ValueError(f"refit_interval must be positive, got {refit_interval}")
+        # Fail on a bad schedule now rather than when learn() starts.
+        LabelSchedule(total_labels, 1, initial_label_fraction, schedule, schedule_scale)
+        self.source = make_source(source, seed=seed)
+        self.total_labels = total_labels
+        self.segment_length = segment_length
+        self.initial_label_fraction = initial_label_fraction
+        self.schedule_kind = schedule
+        self.schedule_scale = schedule_scale
+        self.selection = selection
+        self.candidates_factor = candidates_factor
+        self.refit_interval = refit_interval
+        self.initial_fit_epochs = initial_fit_epochs
+        self.fit_epochs = fit_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self._reward_model_spec = reward_model
+        self.pool_size = pool_size
+        self.pool_bytes = pool_bytes
+        self.max_comparisons = max_comparisons
+        self.initial_steps = initial_steps
+        self.relabel_replay_buffer = relabel_replay_buffer
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+        self.num_queries = 0  # queries asked so far (the budget counts these)
+        self.num_fits = 0
+        self.last_fit: FitReport | None = None
+        self.timings: dict[str, float] = {}
+        self._pending_queries: dict[int, dict[str, np.ndarray]] = {}
+        self._labels_at_last_fit = 0
+        self._skipped = 0
+        self._ep_true: deque[float] = deque(maxlen=100)
+        self._ep_learned: deque[float] = deque(maxlen=100)
+        self._reward_model: RewardEnsemble | None = None
+        self._schedule: LabelSchedule | None = None
+        self._next_update = 0
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def reward_model(self) -> RewardEnsemble:
+        """The run's :class:`~gym_prefs.RewardEnsemble` (available once ``learn`` has started)."""
+        if self._reward_model is None:
+            raise RuntimeError("the reward model is set up when model.learn() starts")
+        return self._reward_model
+
+    @property
+    def num_labels(self) -> int:
+        """Labels collected so far that the reward model trains on (not "can't tell")."""
+        return len(self.comparisons) if hasattr(self, "comparisons") else 0
+
+    # ------------------------------------------------------------------ set-up
+    def _init_callback(self) -> None:
+        venv = self.training_env
+        self._wrappers = _RewardWrappers(venv)
+        self._reward_model = self._build_reward_model(venv)
+        self._wrappers.push(self._reward_model)
+        if self.segment_length is None:
+            self.segment_length = _segment_length_from_dt(venv)
+        n_envs = venv.num_envs
+        capacity = min(self.pool_size, steps_for_bytes(venv.observation_space, venv.action_space, self.pool_bytes))
+        self.pool = SegmentPool(venv.observation_space, venv.action_space, n_envs, max(1, capacity // n_envs))
+        self.comparisons = Comparisons(
+            venv.observation_space, venv.action_space, self.segment_length, self.max_comparisons
+        )
+        self.trainer = RewardTrainer(
+            self._reward_model, lr=self.learning_rate, batch_size=self.batch_size, seed=self.seed
+        )
+        if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
+            self._check_replay_buffer(self.model)
+
+    def _build_reward_model(self, venv: VecEnv) -> RewardEnsemble:
+        spec = self._reward_model_spec
+        if spec is None:
+            model = self._wrappers.current_model()
+        elif isinstance(spec, RewardEnsemble):
+            model = spec
+        elif isinstance(spec, str):
+            model = RewardEnsemble.load(spec)
+        elif isinstance(spec, dict):
+            model = RewardEnsemble(venv.observation_space, venv.action_space, **spec)
+        else:
+            raise TypeError(f"reward_model must be a RewardEnsemble, a path, a dict or None, got {spec!r}")
+        if not (spaces_match(model.observation_space, venv.observation_space) and spaces_match(model.action_space, venv.action_space)):
+            raise ValueError(
+                f"the reward model reads observations {model.observation_space} and actions "
+                f"{model.action_space}, but the training env has {venv.observation_space} and "
+                f"{venv.action_space}; use a reward model made for this env"
+            )
+        return model
+
+    def _check_replay_buffer(self, algo: OffPolicyAlgorithm) -> None:
+        buffer = algo.replay_buffer
+        obs_shape = getattr(buffer, "obs_shape", None)
+        if obs_shape is None or tuple(obs_shape) != tuple(self.reward_model.observation_space.shape):
+            raise ValueError(
+                f"the replay buffer stores observations of shape {obs_shape}, but the reward model "
+                f"reads {self.reward_model.observation_space.shape}, so the buffer cannot be "
+                "relabelled after a refit. Put the reward wrapper outermost (inside VecNormalize "
+                "only), or pass relabel_replay_buffer=False."
+            )
+
+    def _on_training_start(self) -> None:
+        horizon = int(getattr(self.model, "_total_timesteps", 0)) or int(self.locals.get("total_timesteps", 1))
+        self._schedule = LabelSchedule(
+            self.total_labels, horizon, self.initial_label_fraction, self.schedule_kind, self.schedule_scale
+        )
+        self._interval = self.refit_interval or max(1, horizon // 50)
+        self._next_update = self.num_timesteps + self._interval
+        if self.num_queries < self._schedule.initial:
+            self._initial_phase(self._schedule.initial - self.num_queries)
+
+    def _initial_phase(self, count: int) -> None:
+        """Label pairs from the initial policy and fit before RL starts (waits for answers)."""
+        assert self.segment_length is not None
+        steps = self.initial_steps or count * self.segment_length
+        steps = max(steps, self.segment_length * self.training_env.num_envs)
+        with self._timed("initial_rollout"):
+            self._run_current_policy(steps)
+        with self._timed("bookkeeping"):
+            self._drain()
+        self._ask(count)
+        if self.verbose:
+            print(f"gym_prefs: waiting for {self.source.pending} initial labels before RL starts")
+        while self._pending_queries:
+            self._collect(timeout=1.0)
+        self._refit(self.initial_fit_epochs)
+
+    def _run_current_policy(self, steps: int) -> None:
+        """Step the training env with the current policy, outside of RL (nothing is learned)."""
+        algo: BaseAlgorithm = self.model
+        env = self.training_env
+        obs = algo._last_obs  # type: ignore[attr-defined]
+        dones = np.zeros(env.num_envs, dtype=bool)
+        for _ in range(math.ceil(steps / env.num_envs)):
+            actions, _ = algo.predict(obs, deterministic=False)  # type: ignore[arg-type]
+            obs, _, dones, _ = env.step(actions)
+        # The algorithm carries on from where these steps left the envs.
+        algo._last_obs = obs  # type: ignore[assignment]
+        algo._last_episode_starts = dones  # type: ignore[attr-defined]
+        vec_normalize = getattr(algo, "_vec_normalize_env", None)
+        if vec_normalize is not None and hasattr(algo, "_last_original_obs"):
+            algo._last_original_obs = vec_normalize.get_original_obs()
+
+    # ------------------------------------------------------------------ the loop
+    def _on_step(self) -> bool:
+        for info in self.locals.get("infos", ()):
+            returns = info.get("episode_returns")
+            if returns is None:
+                continue
+            self._ep_true.append(returns["true"])
+            self._ep_learned.append(returns["learned"])
+            monitor = info.get("episode")
+            if monitor is not None:
+                # Monitor outside the reward wrapper would report the learned return here.
+                monitor["r"] = round(returns["true"], 6)
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps < self._next_update:
+            return
+        while self._next_update <= self.num_timesteps:
+            self._next_update += self._interval
+        self._update()
+
+    def _on_rollout_end(self) -> None:
+        if self._ep_true:
+            self.logger.record("rollout/ep_true_rew_mean", safe_mean(list(self._ep_true)))
+            self.logger.record("rollout/ep_learned_rew_mean", safe_mean(list(self._ep_learned)))
+
+    def _on_training_end(self) -> None:
+        # Use the rest of the budget due by now, so the saved reward model has every label.
+        self._update()
+
+    def _update(self) -> None:
+        """Ask for the labels now due, collect answers, refit if there are new labels."""
+        assert self._schedule is not None
+        with self._timed("bookkeeping"):
+            self._drain()
+        due = min(self._schedule.due(self.num_timesteps), self.total_labels) - self.num_queries
+        if due > 0:
+            self._ask(due)
+        self._collect(timeout=0.0)
+        if len(self.comparisons) > self._labels_at_last_fit:
+            self._refit(self.fit_epochs)
+        self._log_counts()
+
+    def _drain(self) -> None:
+        for first_stream, batch in self._wrappers.drain():
+            self.pool.add(first_stream, batch)
+
+    def _ask(self, count: int) -> None:
+        assert self.segment_length is not None
+        if self.pool.num_segments(self.segment_length) == 0:
+            if self.num_queries == 0 and self.pool.total_steps >= self.pool.capacity:
+                self.pool.sample(1, self.segment_length, self.rng)  # raises the clear error
+            return
+        with self._timed("selection"):
+            pairs = select_pairs(
+                self.pool, self.reward_model, count, self.segment_length, self.selection, self.rng, self.candidates_factor
+            )
+        queries = []
+        for i in range(count):
+            query_id = self.num_queries + i
+            pair = {name: array[i] for name, array in pairs.items()}
+            self._pending_queries[query_id] = pair
+            queries.append(
+                Query(
+                    query_id,
+                    Segment(pair["obs"][0], pair["actions"][0], pair["true_rewards"][0]),
+                    Segment(pair["obs"][1], pair["actions"][1], pair["true_rewards"][1]),
+                )
+            )
+        self.num_queries += count
+        with self._timed("labelling"):
+            self.source.request(queries)
+
+    def _collect(self, timeout: float | None) -> None:
+        with self._timed("labelling"):
+            answers = self.source.poll(timeout=timeout)
+        self._store(answers)
+
+    def _store(self, answers: list[Answer]) -> None:
+        usable = []
+        for answer in answers:
+            pair = self._pending_queries.pop(answer.query_id, None)
+            if pair is None:
+                continue  # answered twice, or not ours
+            if answer.label == "skip":
+                self._skipped += 1
+                continue
+            usable.append((answer, pair))
+        if not usable:
+            return
+        self.comparisons.add(
+            np.stack([pair["obs"] for _, pair in usable]),
+            np.stack([pair["actions"] for _, pair in usable]),
+            np.array([PREFERENCE_OF[answer.label] for answer, _ in usable], dtype=np.float32),
+            np.array([answer.query_id for answer, _ in usable], dtype=np.int64),
+        )
+
+    def _refit(self, epochs: int) -> None:
+        if len(self.comparisons) == 0:
+            return
+        with self._timed("fitting"):
+            report = self.trainer.fit(self.comparisons, epochs)
+            recent = self.pool.recent(10_000)
+            self.reward_model.calibrate(recent["obs"], recent["actions"])
+        self._labels_at_last_fit = len(self.comparisons)
+        self.num_fits += 1
+        self.last_fit = report
+        with self._timed("push"):
+            self._wrappers.push(self.reward_model)
+        if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
+            with self._timed("relabel"):
+                self._relabel(self.model)
+        corr = _correlation(self.reward_model.predict(recent["obs"], recent["actions"]), recent["true_rewards"])
+        self.logger.record("reward_model/train_loss", report.train_loss)
+        self.logger.record("reward_model/val_loss", report.val_loss)
+        self.logger.record("reward_model/accuracy", report.accuracy)
+        self.logger.record("reward_model/l2", report.l2)
+        self.logger.record("reward_model/true_reward_corr", corr)
+        self.logger.record("reward_model/fits", self.num_fits)
+        self._log_counts()
+        if self.verbose:
+            print(
+                f"gym_prefs: fit {self.num_fits} on {report.pairs} labels: train loss {report.train_loss:.3f}, "
+                f"val loss {report.val_loss:.3f}, accuracy {report.accuracy:.2f}, corr with true reward {corr:.2f}"
+            )
+
+    def _relabel(self, algo: OffPolicyAlgorithm) -> None:
+        buffer = algo.replay_buffer
+        assert buffer is not None
+        size = buffer.buffer_size if buffer.full else buffer.pos
+        chunk = max(1, 65_536 // buffer.n_envs)
+        for start in range(0, size, chunk):
+            stop = min(size, start + chunk)
+            actions = buffer.actions[start:stop]
+            if isinstance(algo.action_space, spaces.Box):
+                # Off-policy algorithms store actions rescaled to [-1, 1].
+                actions = algo.policy.unscale_action(actions)
+            actions = actions.reshape(stop - start, buffer.n_envs, *algo.action_space.shape)
+            buffer.rewards[start:stop] = self.reward_model.predict(buffer.observations[start:stop], actions)
+
+    def _log_counts(self) -> None:
+        self.logger.record("preferences/labels", self.num_labels)
+        self.logger.record("preferences/queries", self.num_queries)
+        self.logger.record("preferences/pending", len(self._pending_queries))
+        self.logger.record("preferences/skipped", self._skipped)
+
+    @contextmanager
+    def _timed(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    def time_breakdown(self) -> dict[str, float]:
+        """Seconds spent so far in each part of the loop, reward inference in the wrappers included."""
+        breakdown = dict(self.timings)
+        if hasattr(self, "_wrappers"):
+            breakdown["inference"] = self._wrappers.inference_seconds()
+        return breakdown
+
+
+def _segment_length_from_dt(venv: VecEnv) -> int:
+    try:
+        dt = float(venv.get_attr("dt", indices=[0])[0])
+    except (AttributeError, TypeError, ValueError):
+        return DEFAULT_SEGMENT_LENGTH
+    if not dt > 0:
+        return DEFAULT_SEGMENT_LENGTH
+    return max(1, int(round(SEGMENT_SECONDS / dt)))
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])

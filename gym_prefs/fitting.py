@@ -1,0 +1,212 @@
+"""Fitting the reward ensemble to preferences (Bradley-Terry on segment returns)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gym_prefs.comparisons import Comparisons
+from gym_prefs.networks import ModuleEnsemble
+from gym_prefs.reward_model import RewardEnsemble
+
+__all__ = ["FitReport", "RewardTrainer"]
+
+
+@dataclass
+class FitReport:
+    """What one call of :meth:`RewardTrainer.fit` achieved (means over members).
+
+    Attributes:
+        train_loss: cross-entropy on the training split (last epoch, dropout on).
+        val_loss: cross-entropy on the validation split (``nan`` without one).
+        accuracy: share of validation pairs (training pairs when there is no validation
+            split) whose clear preference the ensemble mean predicts; "equal" pairs are left out.
+        l2: the L2 coefficient, averaged over members.
+        epochs: epochs run.
+        pairs: labelled pairs available.
+    """
+
+    train_loss: float
+    val_loss: float
+    accuracy: float
+    l2: float
+    epochs: int
+    pairs: int
+
+
+class RewardTrainer:
+    """Fits a :class:`~gym_prefs.RewardEnsemble` to labelled pairs, as in the paper.
+
+    - ``P[σ1 ≻ σ2] = sigmoid(Σ r̂(σ1) − Σ r̂(σ2))`` on undiscounted sums, mixed with a 10%
+      chance of a random answer: ``P' = 0.9 P + 0.05``;
+    - cross-entropy with the label's distribution (1/0 for a preference, 0.5/0.5 for equal);
+    - every member trains on its own bootstrap sample of the training pairs;
+    - ``val_fraction`` (1/e) of the pairs are held out, and each member's L2 coefficient is
+      raised when its validation loss exceeds 1.5x its training loss and lowered below 1.1x;
+    - whole minibatches of segments go through the ensemble in one forward pass.
+
+    The optimiser state and L2 coefficients carry over between calls of :meth:`fit`, so
+    periodic refits continue training rather than start again.
+
+    Args:
+        model: the ensemble to fit (in place).
+        lr: Adam learning rate.
+        batch_size: pairs per minibatch and member.
+        val_fraction: share of pairs held out for validation.
+        random_response: probability the labeler answers at random (the paper: 0.1).
+        l2: initial L2 coefficient.
+        l2_bounds: lower and upper validation/training loss ratio targets.
+        seed: seed for bootstrap samples and minibatch order.
+
+    Example:
+        >>> from gymnasium import spaces
+        >>> model = RewardEnsemble(spaces.Box(-1, 1, (1,)), spaces.Discrete(2), seed=0)
+        >>> data = Comparisons(model.observation_space, model.action_space, segment_length=4)
+        >>> rng = np.random.default_rng(0)
+        >>> obs = rng.uniform(-1, 1, (256, 2, 4, 1)).astype(np.float32)
+        >>> data.add(obs, np.zeros((256, 2, 4), dtype=np.int64), (obs[:, 0].sum((1, 2)) > obs[:, 1].sum((1, 2))).astype(np.float32))
+        >>> report = RewardTrainer(model, seed=0).fit(data, epochs=30)
+        >>> report.accuracy > 0.9
+        True
+    """
+
+    def __init__(
+        self,
+        model: RewardEnsemble,
+        lr: float = 1e-3,
+        batch_size: int = 64,
+        val_fraction: float = 1 / math.e,
+        random_response: float = 0.1,
+        l2: float = 1e-4,
+        l2_bounds: tuple[float, float] = (1.1, 1.5),
+        seed: int | None = None,
+    ) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.random_response = random_response
+        self.l2_bounds = l2_bounds
+        self.l2 = torch.full((model.n_members,), float(l2), device=model.device)
+        self.optimizer = torch.optim.Adam(model.net.parameters(), lr=lr)
+        self.rng = np.random.default_rng(seed)
+        net = model.net
+        if isinstance(net, ModuleEnsemble):
+            self._l2_params = [_weights(member) for member in net.members]  # type: ignore[assignment]
+        else:
+            self._l2_params = _weights(net)  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ pieces
+    def _segment_returns(self, obs: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+        """Raw member returns for per-member pairs: ``obs`` ``[n, B, 2, L, ...]`` -> ``[n, B, 2]``."""
+        n, batch, _, length = obs.shape[:4]
+        obs_t, act_t = self.model.preprocess(obs, actions)
+        flat_obs = obs_t.reshape(n, batch * 2 * length, *obs_t.shape[4:])
+        flat_act = act_t.reshape(n, batch * 2 * length, -1)
+        rewards = self.model.raw_members(flat_obs, flat_act)
+        return rewards.reshape(n, batch, 2, length).sum(-1)
+
+    def _loss(self, returns: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Per-member mean cross-entropy ``[n]`` for returns ``[n, B, 2]`` and labels ``[n, B]``."""
+        logits = returns[..., 0] - returns[..., 1]
+        eps = self.random_response
+        # log P' for each side, computed stably: P' = (1 - eps) * sigmoid(x) + eps / 2.
+        log_p_first = torch.logaddexp(math.log(1 - eps) + torch.nn.functional.logsigmoid(logits), torch.tensor(math.log(eps / 2)))
+        log_p_second = torch.logaddexp(math.log(1 - eps) + torch.nn.functional.logsigmoid(-logits), torch.tensor(math.log(eps / 2)))
+        return -(mu * log_p_first + (1 - mu) * log_p_second).mean(dim=1)
+
+    def _l2_penalty(self) -> torch.Tensor:
+        """Per-member sum of squared weights ``[n]`` (member axis first in every stacked weight)."""
+        n = self.model.n_members
+        if isinstance(self.model.net, ModuleEnsemble):
+            return torch.stack([sum((p.pow(2).sum() for p in group), torch.zeros(())) for group in self._l2_params])
+        # Stacked weights [n, ...] and grouped-convolution weights [n * out, ...] both put
+        # member m's weights in the m-th slice of the first axis.
+        total = torch.zeros(n, device=self.model.device)
+        for param in self._l2_params:
+            total = total + param.pow(2).reshape(n, -1).sum(1)
+        return total
+
+    @torch.no_grad()
+    def evaluate(self, data: Comparisons, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """Per-member loss ``[n]`` and ensemble accuracy on ``rows`` of ``data`` (eval mode)."""
+        self.model.eval()
+        losses, correct, clear = [], 0, 0
+        n = self.model.n_members
+        for start in range(0, len(rows), 256):
+            chunk = rows[start : start + 256]
+            obs = np.broadcast_to(data.obs[chunk], (n, *data.obs[chunk].shape))
+            act = np.broadcast_to(data.actions[chunk], (n, *data.actions[chunk].shape))
+            returns = self.model.normalise(self._segment_returns(obs, act).reshape(n, -1)).reshape(n, -1, 2)
+            mu = torch.as_tensor(data.mu[chunk], device=self.model.device)
+            losses.append(self._loss(returns, mu.expand(n, -1)) * len(chunk))
+            prefer_first = (returns[..., 0] - returns[..., 1]).mean(0) > 0
+            is_clear = mu != 0.5
+            correct += int((prefer_first == (mu > 0.5))[is_clear].sum())
+            clear += int(is_clear.sum())
+        loss = (torch.stack(losses).sum(0) / max(1, len(rows))).cpu().numpy()
+        return loss, correct / clear if clear else float("nan")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data: Comparisons, epochs: int) -> FitReport:
+        """Train every member for ``epochs`` passes over its bootstrap sample of ``data``."""
+        if len(data) == 0:
+            raise ValueError("no labelled pairs to fit the reward model to")
+        model = self.model
+        n = model.n_members
+        model.set_input_stats(data.obs)
+        val_mask = data.validation_mask(self.val_fraction) if len(data) >= 10 else np.zeros(len(data), dtype=bool)
+        train_rows = np.flatnonzero(~val_mask)
+        val_rows = np.flatnonzero(val_mask)
+        if len(train_rows) == 0:
+            train_rows, val_rows = val_rows, train_rows
+        # One bootstrap sample of the training pairs per member.
+        boot = train_rows[self.rng.integers(0, len(train_rows), size=(n, len(train_rows)))]
+        batch = min(self.batch_size, len(train_rows))
+        train_loss = np.full(n, np.nan)
+        for _ in range(epochs):
+            model.train()
+            order = np.take_along_axis(boot, self.rng.permuted(np.tile(np.arange(boot.shape[1]), (n, 1)), axis=1), axis=1)
+            epoch_loss = torch.zeros(n, device=model.device)
+            batches = max(1, boot.shape[1] // batch)
+            for b in range(batches):
+                rows = order[:, b * batch : (b + 1) * batch]  # [n, batch]
+                returns = self._segment_returns(data.obs[rows], data.actions[rows])
+                mu = torch.as_tensor(data.mu[rows], device=model.device)
+                loss = self._loss(returns, mu)
+                penalty = self.l2 * self._l2_penalty()
+                self.optimizer.zero_grad(set_to_none=True)
+                (loss + penalty).sum().backward()
+                self.optimizer.step()
+                epoch_loss += loss.detach()
+            train_loss = (epoch_loss / batches).cpu().numpy()
+            if len(val_rows):
+                val_loss, _ = self.evaluate(data, val_rows)
+                self._adapt_l2(val_loss / np.maximum(train_loss, 1e-8))
+        model.fitted.fill_(True)
+        model.eval()
+        if len(val_rows):
+            val_loss, accuracy = self.evaluate(data, val_rows)
+        else:
+            val_loss, accuracy = np.full(n, np.nan), self.evaluate(data, train_rows)[1]
+        return FitReport(
+            train_loss=float(np.mean(train_loss)),
+            val_loss=float(np.mean(val_loss)),
+            accuracy=float(accuracy),
+            l2=float(self.l2.mean()),
+            epochs=epochs,
+            pairs=len(data),
+        )
+
+    def _adapt_l2(self, ratio: np.ndarray) -> None:
+        low, high = self.l2_bounds
+        ratio_t = torch.as_tensor(ratio, device=self.l2.device, dtype=self.l2.dtype)
+        factor = torch.where(ratio_t > high, 1.2, torch.where(ratio_t < low, 1 / 1.2, 1.0))
+        self.l2 = (self.l2 * factor).clamp(1e-8, 10.0)
+
+
+def _weights(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The weight matrices and kernels of ``module`` (biases and norm scales are not penalised)."""
+    return [p for name, p in module.named_parameters() if not name.endswith("bias") and p.dim() > 1]

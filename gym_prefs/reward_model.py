@@ -1,0 +1,363 @@
+"""The learned reward: an ensemble of networks with per-member normalisation."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from gym_prefs.networks import EnsembleCNN, EnsembleMLP, MemberFactory, ModuleEnsemble
+from gym_prefs.spaces import (
+    check_space,
+    encode,
+    encoded_size,
+    image_shape_chw,
+    is_image,
+    space_from_config,
+    space_to_config,
+)
+
+__all__ = ["RewardEnsemble"]
+
+FORMAT = "gym_prefs.RewardEnsemble"
+FORMAT_VERSION = 1
+CUSTOM_CALLABLE = "<callable>"
+
+
+class RewardEnsemble(nn.Module):
+    """An ensemble of reward predictors r̂(o, a), each normalised on its own, then averaged.
+
+    The network is chosen from the spaces: an MLP (64, 64, leaky ReLU 0.01) on the
+    observation and one-hot or flattened action for vector observations, the paper's Atari
+    CNN for image observations. Each member's output is shifted and scaled to zero mean and
+    standard deviation ``reward_std`` on the data passed to :meth:`calibrate`, and the
+    prediction is the mean over members.
+
+    Before the first fit (``is_fitted`` is ``False``) :meth:`predict` returns zeros, so an
+    agent wrapped in :class:`~gym_prefs.LearnedReward` sees a neutral reward until labels
+    have been learned.
+
+    Args:
+        observation_space: the env's observation space.
+        action_space: the env's action space.
+        n_members: number of predictors (the paper: 3).
+        reward_std: standard deviation of every member's normalised output (the paper: 1 for
+            MuJoCo, 0.05 for Atari).
+        network: ``"auto"`` (CNN for images, else MLP), ``"mlp"`` or ``"cnn"``.
+        hidden_sizes: hidden widths of the MLP.
+        dropout: dropout probability (MLP hidden layers; CNN conv layers). ``None`` picks
+            0 for the MLP and 0.5 for the CNN, as in the paper.
+        use_actions: whether the reward reads the action as well as the observation.
+        member_factory: build each member yourself: ``factory(obs_shape, act_dim)`` returns a
+            module whose ``forward(obs, act)`` maps a batch to ``[batch]`` rewards. Give it as
+            a callable or as an import path ``"package.module:function"`` (the path is saved,
+            so :meth:`load` can rebuild it).
+        device: torch device for the networks.
+        seed: seed for the initial weights.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = gym.make("Pendulum-v1")
+        >>> model = RewardEnsemble(env.observation_space, env.action_space, seed=0)
+        >>> model.predict(np.zeros((2, 3)), np.zeros((2, 1))).shape
+        (2,)
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        n_members: int = 3,
+        reward_std: float = 1.0,
+        network: str = "auto",
+        hidden_sizes: Sequence[int] = (64, 64),
+        dropout: float | None = None,
+        use_actions: bool = True,
+        member_factory: MemberFactory | str | None = None,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        check_space(observation_space, "observation")
+        check_space(action_space, "action")
+        if n_members < 1:
+            raise ValueError(f"n_members must be at least 1, got {n_members}")
+        if reward_std <= 0:
+            raise ValueError(f"reward_std must be positive, got {reward_std}")
+        if network not in ("auto", "mlp", "cnn"):
+            raise ValueError(f"network must be 'auto', 'mlp' or 'cnn', got {network!r}")
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.n_members = n_members
+        self.reward_std = float(reward_std)
+        self.image_obs = is_image(observation_space)
+        if network == "cnn" and not self.image_obs:
+            raise ValueError(
+                f"network='cnn' needs uint8 image observations in [0, 255], got {observation_space}"
+            )
+        self.network = ("cnn" if self.image_obs else "mlp") if network == "auto" else network
+        self.use_actions = use_actions
+        self.act_dim = encoded_size(action_space) if use_actions else 0
+        if self.network == "cnn":
+            self.obs_shape: tuple[int, ...] = image_shape_chw(observation_space)  # type: ignore[arg-type]
+        else:
+            self.obs_shape = (encoded_size(observation_space),)
+        self.hidden_sizes = tuple(int(h) for h in hidden_sizes)
+        self.dropout = (0.5 if self.network == "cnn" else 0.0) if dropout is None else float(dropout)
+        self.factory_path = _factory_path(member_factory)
+
+        generator_state = torch.random.get_rng_state()
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.net = self._build(member_factory)
+        if seed is not None:
+            torch.random.set_rng_state(generator_state)
+
+        # Input standardisation for vector observations (set from labelled data when fitting).
+        self.register_buffer("obs_mean", torch.zeros(self.obs_shape[0] if self.network == "mlp" else 1))
+        self.register_buffer("obs_std", torch.ones(self.obs_shape[0] if self.network == "mlp" else 1))
+        # Per-member output normalisation: r_m = (raw_m - offset_m) * scale_m.
+        self.register_buffer("offset", torch.zeros(n_members))
+        self.register_buffer("scale", torch.ones(n_members))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.to(device)
+        # Evaluation mode unless a trainer is fitting: predictions never see dropout.
+        self.eval()
+
+    def _build(self, member_factory: MemberFactory | str | None) -> nn.Module:
+        if member_factory is not None:
+            factory = _resolve_factory(member_factory)
+            return ModuleEnsemble([factory(self.obs_shape, self.act_dim) for _ in range(self.n_members)])
+        if self.network == "cnn":
+            chw = self.obs_shape
+            return EnsembleCNN(self.n_members, (chw[0], chw[1], chw[2]), self.act_dim, self.dropout)
+        return EnsembleMLP(self.n_members, self.obs_shape[0], self.act_dim, self.hidden_sizes, self.dropout)
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def device(self) -> torch.device:
+        return self.offset.device
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the ensemble has been fitted to labels at least once."""
+        return bool(self.fitted)
+
+    def preprocess(self, obs: np.ndarray, act: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Turn raw observation and action batches (any leading shape) into network inputs.
+
+        Returns tensors of shape ``[*lead, *obs_shape]`` and ``[*lead, act_dim]``.
+        """
+        obs = np.asarray(obs)
+        act = np.asarray(act)
+        obs_rank = len(self.observation_space.shape)
+        lead = obs.shape[: obs.ndim - obs_rank]
+        count = int(np.prod(lead, dtype=np.int64))
+        if self.network == "cnn":
+            images = obs.reshape(count, *self.observation_space.shape)
+            if images.ndim == 3:
+                images = images[:, None]
+            elif images.shape[1:] != self.obs_shape:  # channel-last -> channel-first
+                images = images.transpose(0, 3, 1, 2)
+            obs_t = torch.as_tensor(np.ascontiguousarray(images), device=self.device)
+            obs_t = obs_t.float().div_(255.0)
+        else:
+            flat = encode(self.observation_space, obs.reshape(count, *self.observation_space.shape))
+            obs_t = (torch.as_tensor(flat, device=self.device) - self.obs_mean) / self.obs_std
+        act_rank = len(self.action_space.shape)
+        if self.use_actions:
+            act_flat = encode(self.action_space, act.reshape(count, *act.shape[act.ndim - act_rank :]))
+            act_t = torch.as_tensor(act_flat, device=self.device)
+        else:
+            act_t = torch.zeros(count, 0, device=self.device)
+        return obs_t.reshape(*lead, *obs_t.shape[1:]), act_t.reshape(*lead, self.act_dim)
+
+    def set_input_stats(self, obs: np.ndarray) -> None:
+        """Standardise vector observations with the mean and std of ``obs`` (no-op for images)."""
+        if self.network != "mlp":
+            return
+        flat = encode(self.observation_space, np.asarray(obs).reshape(-1, *self.observation_space.shape))
+        self.obs_mean.copy_(torch.as_tensor(flat.mean(axis=0)))
+        self.obs_std.copy_(torch.as_tensor(flat.std(axis=0) + 1e-6))
+
+    # ------------------------------------------------------------------ outputs
+    def raw_members(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """Un-normalised member outputs ``[n, batch]`` for preprocessed inputs.
+
+        ``obs``/``act`` are either shared ``[batch, ...]`` or per member ``[n, batch, ...]``.
+        """
+        return self.net(obs, act)
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """Apply each member's normalisation to raw outputs ``[n, ...]``."""
+        shape = (self.n_members,) + (1,) * (raw.dim() - 1)
+        return (raw - self.offset.view(shape)) * self.scale.view(shape)
+
+    @torch.inference_mode()
+    def _predict_tensor(self, obs: np.ndarray, act: np.ndarray, batch_size: int) -> torch.Tensor:
+        """Normalised member rewards ``[n, count]`` for ``count`` flattened transitions."""
+        count = len(obs)
+        if count <= batch_size:  # the per-step path: no chunking, no concatenation
+            return self.normalise(self.raw_members(*self.preprocess(obs, act)))
+        chunks = [
+            self.normalise(self.raw_members(*self.preprocess(obs[i : i + batch_size], act[i : i + batch_size])))
+            for i in range(0, count, batch_size)
+        ]
+        return torch.cat(chunks, dim=1)
+
+    def _flatten(self, obs: np.ndarray, act: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+        obs = np.asarray(obs)
+        lead = obs.shape[: obs.ndim - len(self.observation_space.shape)]
+        count = int(np.prod(lead, dtype=np.int64))
+        obs = obs.reshape(count, *self.observation_space.shape)
+        act = np.asarray(act).reshape(count, *self.action_space.shape)
+        return obs, act, lead
+
+    def predict_members(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Normalised rewards of every member, ``[n_members, *lead]`` for ``obs`` of ``[*lead, ...]``.
+
+        Runs in evaluation mode (no dropout, batch-norm running statistics).
+        """
+        obs, act, lead = self._flatten(obs, act)
+        return self._predict_tensor(obs, act, batch_size).cpu().numpy().reshape(self.n_members, *lead)
+
+    def predict(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """Predicted rewards r̂(o, a) for a batch: ``[*lead]`` float32 for ``obs`` of ``[*lead, ...]``.
+
+        Zeros until the ensemble has been fitted.
+        """
+        obs, act, lead = self._flatten(obs, act)
+        if not self.is_fitted:
+            return np.zeros(lead, dtype=np.float32)
+        rewards = self._predict_tensor(obs, act, batch_size).mean(dim=0)
+        return rewards.cpu().numpy().reshape(lead)
+
+    @torch.inference_mode()
+    def calibrate(self, obs: np.ndarray, act: np.ndarray) -> None:
+        """Set each member's offset and scale so that on these transitions it has zero mean and
+        standard deviation ``reward_std``."""
+        self.offset.zero_()
+        self.scale.fill_(1.0)
+        raw = self.predict_members(obs, act).reshape(self.n_members, -1)
+        self.offset.copy_(torch.as_tensor(raw.mean(axis=1)))
+        std = raw.std(axis=1)
+        self.scale.copy_(torch.as_tensor(self.reward_std / np.maximum(std, 1e-8)))
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """Plain-value constructor arguments (spaces included), enough to rebuild the model."""
+        return {
+            "observation_space": space_to_config(self.observation_space),
+            "action_space": space_to_config(self.action_space),
+            "n_members": self.n_members,
+            "reward_std": self.reward_std,
+            "network": self.network,
+            "hidden_sizes": list(self.hidden_sizes),
+            "dropout": self.dropout,
+            "use_actions": self.use_actions,
+            "member_factory": self.factory_path,
+        }
+
+    def to_bytes(self) -> bytes:
+        """Serialise config, weights and normalisation (CPU tensors, no pickled objects)."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        buffer = io.BytesIO()
+        torch.save({"format": FORMAT, "version": FORMAT_VERSION, "config": self.config(), "state": state}, buffer)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(
+        cls,
+        data: bytes,
+        device: str | torch.device = "cpu",
+        member_factory: MemberFactory | None = None,
+    ) -> RewardEnsemble:
+        """Inverse of :meth:`to_bytes`."""
+        try:
+            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - any unpickling failure means "not ours"
+            raise ValueError(f"not a gym_prefs reward model file ({error})") from error
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise ValueError("not a gym_prefs reward model file (no gym_prefs format header)")
+        if payload["version"] > FORMAT_VERSION:
+            raise ValueError(
+                f"this reward model file has format version {payload['version']}, newer than "
+                f"this gym_prefs understands ({FORMAT_VERSION}); upgrade gym_prefs"
+            )
+        config = dict(payload["config"])
+        saved_factory = config.pop("member_factory")
+        factory = member_factory if member_factory is not None else saved_factory
+        if factory == CUSTOM_CALLABLE:
+            raise ValueError(
+                "this reward model was built with a member_factory that cannot be imported by "
+                "name (a lambda or a local function); pass the same factory: "
+                "RewardEnsemble.load(path, member_factory=...)"
+            )
+        model = cls(
+            space_from_config(config.pop("observation_space")),
+            space_from_config(config.pop("action_space")),
+            member_factory=factory,
+            device=device,
+            **config,
+        )
+        model.load_state_dict(payload["state"])
+        return model
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the model to ``path`` (atomically: a crash never leaves half a file)."""
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "wb") as handle:
+            handle.write(self.to_bytes())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        member_factory: MemberFactory | None = None,
+    ) -> RewardEnsemble:
+        """Load a model written by :meth:`save`.
+
+        Args:
+            path: the file.
+            device: where to put the networks.
+            member_factory: the factory, when the model was built from a callable rather than
+                an import path (a callable is not saved).
+        """
+        with open(path, "rb") as handle:
+            return cls.from_bytes(handle.read(), device=device, member_factory=member_factory)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (e.g. sent to SubprocVecEnv workers) as plain tensors, always on the CPU.
+        return (RewardEnsemble.from_bytes, (self.to_bytes(),))
+
+
+def _resolve_factory(factory: MemberFactory | str) -> MemberFactory:
+    if callable(factory):
+        return factory
+    module_name, _, attribute = factory.partition(":")
+    if not attribute:
+        raise ValueError(f"member_factory path must look like 'package.module:function', got {factory!r}")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target  # type: ignore[no-any-return]
+
+
+def _factory_path(factory: MemberFactory | str | None) -> str | None:
+    """The import path to save for ``factory`` (``CUSTOM_CALLABLE`` if it has none)."""
+    if factory is None or isinstance(factory, str):
+        return factory
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", "")
+    if module and module != "__main__" and "<" not in qualname:
+        return f"{module}:{qualname}"
+    return CUSTOM_CALLABLE

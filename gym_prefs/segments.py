@@ -1,0 +1,266 @@
+"""Recording transitions and cutting trajectory segments from them.
+
+A :class:`TransitionRecorder` lives in each reward wrapper and keeps the steps taken since the
+callback last collected them (a bounded ring: the oldest steps go first). The callback drains
+every recorder into one :class:`SegmentPool`, a bounded ring per env, and samples segments of
+consecutive steps from a single episode out of it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+__all__ = ["Segment", "TransitionBatch", "TransitionRecorder", "SegmentPool", "steps_for_bytes"]
+
+
+@dataclass
+class Segment:
+    """A clip of consecutive steps from one episode: what a labeler compares.
+
+    Attributes:
+        obs: observations ``[length, *obs_shape]``, the ones each action was taken on.
+        actions: actions ``[length, *action_shape]``.
+        true_rewards: the env's own rewards ``[length]``.
+    """
+
+    obs: np.ndarray
+    actions: np.ndarray
+    true_rewards: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.true_rewards)
+
+    @property
+    def true_return(self) -> float:
+        """Undiscounted sum of the env's rewards over the segment."""
+        return float(self.true_rewards.sum())
+
+
+@dataclass
+class TransitionBatch:
+    """Steps drained from a recorder: arrays shaped ``[steps, n_envs, ...]`` in time order."""
+
+    obs: np.ndarray
+    actions: np.ndarray
+    true_rewards: np.ndarray
+    learned_rewards: np.ndarray
+    episodes: np.ndarray  # episode counter of each env at each step
+    dropped: int = 0  # steps that overflowed the recorder before this drain
+
+    def __len__(self) -> int:
+        return len(self.true_rewards)
+
+
+def steps_for_bytes(obs_space: spaces.Space[Any], act_space: spaces.Space[Any], budget: int) -> int:
+    """How many steps of (observation, action, rewards, episode) fit in ``budget`` bytes."""
+    per_step = _nbytes(obs_space) + _nbytes(act_space) + 4 + 4 + 8
+    return max(1, budget // per_step)
+
+
+def _nbytes(space: spaces.Space[Any]) -> int:
+    return int(np.prod(space.shape, dtype=np.int64)) * np.dtype(space.dtype).itemsize
+
+
+class _Ring:
+    """Preallocated ``[capacity, *leading, ...]`` arrays for a fixed set of fields."""
+
+    def __init__(self, capacity: int, leading: tuple[int, ...], fields: dict[str, tuple[tuple[int, ...], Any]]):
+        self.capacity = capacity
+        # np.empty only reserves address space: memory is touched as steps are written.
+        self.data = {name: np.empty((capacity, *leading, *shape), dtype=dtype) for name, (shape, dtype) in fields.items()}
+
+
+def _fields(obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
+    return {
+        "obs": (obs_space.shape, obs_space.dtype),
+        "actions": (act_space.shape, act_space.dtype),
+        "true_rewards": ((), np.float32),
+        "learned_rewards": ((), np.float32),
+        "episodes": ((), np.int64),
+    }
+
+
+class TransitionRecorder:
+    """Bounded record of the steps of ``n_envs`` envs since the last :meth:`drain`.
+
+    Args:
+        observation_space: the env's observation space.
+        action_space: the env's action space.
+        n_envs: how many envs step together (1 for a single env).
+        capacity: steps kept between drains; older steps are dropped (and counted).
+
+    Example:
+        >>> rec = TransitionRecorder(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), n_envs=1, capacity=10)
+        >>> rec.add(np.zeros((1, 2)), np.array([1]), np.array([0.5]), np.array([0.0]))
+        >>> len(rec.drain())
+        1
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        n_envs: int,
+        capacity: int,
+    ) -> None:
+        self.n_envs = n_envs
+        self._ring = _Ring(capacity, (n_envs,), _fields(observation_space, action_space))
+        self._write = 0  # total steps ever written
+        self._pending = 0  # steps written since the last drain
+        self._dropped = 0
+        self.episodes = np.zeros(n_envs, dtype=np.int64)
+
+    @property
+    def capacity(self) -> int:
+        return self._ring.capacity
+
+    def add(self, obs: np.ndarray, actions: np.ndarray, true_rewards: np.ndarray, learned_rewards: np.ndarray) -> None:
+        """Record one step of every env (arrays with a leading ``n_envs`` axis)."""
+        pos = self._write % self.capacity
+        data = self._ring.data
+        data["obs"][pos] = obs
+        data["actions"][pos] = np.asarray(actions).reshape(data["actions"].shape[1:])
+        data["true_rewards"][pos] = true_rewards
+        data["learned_rewards"][pos] = learned_rewards
+        data["episodes"][pos] = self.episodes
+        self._write += 1
+        if self._pending == self.capacity:
+            self._dropped += 1
+        else:
+            self._pending += 1
+
+    def end_episodes(self, done: np.ndarray) -> None:
+        """Mark that the envs where ``done`` is true start a new episode at their next step."""
+        self.episodes += np.asarray(done, dtype=np.int64).reshape(self.n_envs)
+
+    def drain(self) -> TransitionBatch:
+        """Return and forget the steps recorded since the last drain, oldest first."""
+        order = (np.arange(self._write - self._pending, self._write)) % self.capacity
+        data = self._ring.data
+        batch = TransitionBatch(**{name: data[name][order] for name in data}, dropped=self._dropped)
+        self._pending = 0
+        self._dropped = 0
+        return batch
+
+
+class SegmentPool:
+    """The recent steps of every env, from which segments are cut: a bounded ring per env.
+
+    Args:
+        observation_space: the env's observation space.
+        action_space: the env's action space.
+        n_streams: number of envs feeding the pool.
+        capacity: steps kept per env (the most recent).
+
+    Example:
+        >>> pool = SegmentPool(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), n_streams=1, capacity=100)
+        >>> rec = TransitionRecorder(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), 1, 100)
+        >>> for _ in range(30):
+        ...     rec.add(np.zeros((1, 2)), np.array([0]), np.array([1.0]), np.array([0.0]))
+        >>> pool.add(0, rec.drain())
+        >>> pool.num_segments(10)
+        21
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space[Any],
+        action_space: spaces.Space[Any],
+        n_streams: int,
+        capacity: int,
+    ) -> None:
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.n_streams = n_streams
+        self.capacity = capacity
+        self._ring = _Ring(capacity, (n_streams,), _fields(observation_space, action_space))
+        self.written = np.zeros(n_streams, dtype=np.int64)
+        self._episode_base = np.zeros(n_streams, dtype=np.int64)
+
+    @property
+    def total_steps(self) -> int:
+        """Steps ever added (including those since overwritten)."""
+        return int(self.written.sum())
+
+    def add(self, first_stream: int, batch: TransitionBatch) -> None:
+        """Append a drained batch whose env ``i`` feeds stream ``first_stream + i``."""
+        steps = len(batch)
+        if steps == 0:
+            return
+        keep = min(steps, self.capacity)
+        for i in range(batch.true_rewards.shape[1]):
+            s = first_stream + i
+            if batch.dropped:
+                # Steps were lost between the last drain and this one: what follows must not
+                # join what came before into one segment, so shift this env's episode ids.
+                self._episode_base[s] += 1
+            positions = (self.written[s] + np.arange(steps - keep, steps)) % self.capacity
+            for name, array in self._ring.data.items():
+                column = getattr(batch, name)[steps - keep :, i]
+                if name == "episodes":
+                    column = column + self._episode_base[s]
+                array[positions, s] = column
+            self.written[s] += steps
+
+    def _valid_starts(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """(stream, logical start) of every segment of ``length`` steps within one episode."""
+        streams, starts = [], []
+        episodes = self._ring.data["episodes"]
+        for s in range(self.n_streams):
+            first = max(0, int(self.written[s]) - self.capacity)
+            last = int(self.written[s]) - length  # inclusive
+            if last < first:
+                continue
+            logical = np.arange(first, last + 1)
+            same = episodes[logical % self.capacity, s] == episodes[(logical + length - 1) % self.capacity, s]
+            streams.append(np.full(int(same.sum()), s))
+            starts.append(logical[same])
+        if not streams:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(streams), np.concatenate(starts)
+
+    def num_segments(self, length: int) -> int:
+        """How many distinct segments of ``length`` steps the pool holds."""
+        return len(self._valid_starts(length)[0])
+
+    def sample(self, count: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Cut ``count`` random segments of ``length`` steps (with replacement).
+
+        Returns:
+            ``obs``, ``actions``, ``true_rewards`` arrays with leading ``[count, length]``.
+
+        Raises:
+            ValueError: if no episode in the pool is ``length`` steps long.
+        """
+        streams, starts = self._valid_starts(length)
+        if len(streams) == 0:
+            raise ValueError(
+                f"no episode in the last {self.capacity} steps per env lasted {length} steps, so "
+                f"no segment can be cut; pass a shorter segment_length to PreferenceCallback"
+            )
+        pick = rng.integers(0, len(streams), size=count)
+        rows = streams[pick][:, None]
+        cols = (starts[pick][:, None] + np.arange(length)) % self.capacity
+        data = self._ring.data
+        return {name: data[name][cols, rows] for name in ("obs", "actions", "true_rewards")}
+
+    def recent(self, count: int) -> dict[str, np.ndarray]:
+        """The most recent ``count`` steps in all (split evenly over the envs), flattened."""
+        per_stream = max(1, count // self.n_streams)
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self._ring.data}
+        for s in range(self.n_streams):
+            available = int(min(self.written[s], self.capacity))
+            take = min(per_stream, available)
+            if take == 0:
+                continue
+            positions = np.arange(self.written[s] - take, self.written[s]) % self.capacity
+            for name, array in self._ring.data.items():
+                parts[name].append(array[positions, s])
+        return {
+            name: np.concatenate(chunks) if chunks else self._ring.data[name][:0, 0]
+            for name, chunks in parts.items()
+        }

@@ -1,0 +1,42 @@
+"""Preference sources: who answers "which of these two clips is better?"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gym_prefs.sources.base import LABELS, PREFERENCE_OF, Answer, Label, PreferenceSource, Query
+from gym_prefs.sources.oracle import SyntheticOracle
+
+__all__ = [
+    "Answer",
+    "Label",
+    "LABELS",
+    "PREFERENCE_OF",
+    "PreferenceSource",
+    "Query",
+    "SyntheticOracle",
+    "make_source",
+]
+
+SOURCE_NAMES = ("oracle",)
+
+
+def make_source(source: str | PreferenceSource, seed: int | None = None, **kwargs: Any) -> PreferenceSource:
+    """Build a source from its name, or check and return a source object.
+
+    Args:
+        source: ``"oracle"`` (a perfect :class:`SyntheticOracle`) or an object following
+            :class:`PreferenceSource`.
+        seed: seed for a source built by name.
+        **kwargs: constructor arguments for a source built by name.
+    """
+    if isinstance(source, str):
+        if source == "oracle":
+            return SyntheticOracle(seed=seed, **kwargs)
+        raise ValueError(f"unknown preference source {source!r}; use one of {SOURCE_NAMES} or a PreferenceSource object")
+    if not isinstance(source, PreferenceSource):
+        raise TypeError(
+            f"{source!r} is not a preference source: it needs request(), poll(), pending and close() "
+            "(see gym_prefs.PreferenceSource)"
+        )
+    return source

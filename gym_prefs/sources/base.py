@@ -1,0 +1,104 @@
+"""What every preference source (a synthetic oracle, a person, ...) provides."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+from gym_prefs.segments import Segment
+
+__all__ = ["Label", "LABELS", "PREFERENCE_OF", "Query", "Answer", "PreferenceSource"]
+
+#: ``"first"`` / ``"second"``: that segment is better; ``"equal"``: equally good;
+#: ``"skip"``: can't tell (the pair is dropped and never trained on).
+Label = Literal["first", "second", "equal", "skip"]
+LABELS: tuple[Label, ...] = ("first", "second", "equal", "skip")
+#: Probability that the first segment is preferred, for each label that is trained on.
+PREFERENCE_OF: dict[str, float] = {"first": 1.0, "second": 0.0, "equal": 0.5}
+
+
+@dataclass(frozen=True)
+class Query:
+    """A pair of segments to compare.
+
+    Attributes:
+        id: unique within a run; answers refer to it.
+        first: the first (left) segment.
+        second: the second (right) segment.
+    """
+
+    id: int
+    first: Segment
+    second: Segment
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A labeler's verdict on one query.
+
+    Attributes:
+        query_id: the :attr:`Query.id` answered.
+        label: see :data:`Label`.
+        labeler: who answered (``"oracle"``, a person's name, ...).
+        seconds: how long the answer took.
+    """
+
+    query_id: int
+    label: Label
+    labeler: str = "unknown"
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.label not in LABELS:
+            raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
+
+
+@runtime_checkable
+class PreferenceSource(Protocol):
+    """The protocol every labeler follows: queries go in, answers come out when ready.
+
+    The callback hands queries over with :meth:`request` and collects whatever answers exist
+    with :meth:`poll`, so a source may answer at once (a synthetic oracle) or later, from
+    another process, while training continues (a person at a window). Only before RL starts
+    does the callback wait, by polling with a timeout until nothing is pending.
+
+    Example:
+        >>> class AlwaysFirst:
+        ...     def __init__(self):
+        ...         self._answers = []
+        ...     def request(self, queries):
+        ...         self._answers += [Answer(q.id, "first", "always-first") for q in queries]
+        ...     def poll(self, timeout=0.0):
+        ...         answers, self._answers = self._answers, []
+        ...         return answers
+        ...     @property
+        ...     def pending(self):
+        ...         return len(self._answers)
+        ...     def close(self):
+        ...         pass
+        >>> isinstance(AlwaysFirst(), PreferenceSource)
+        True
+    """
+
+    def request(self, queries: Sequence[Query]) -> None:
+        """Take queries to be answered (must not block on a person)."""
+        ...
+
+    def poll(self, timeout: float | None = 0.0) -> list[Answer]:
+        """Return the answers ready now, each once.
+
+        Args:
+            timeout: seconds to wait for at least one answer when none is ready and some
+                are pending; ``None`` waits as long as it takes, ``0`` not at all.
+        """
+        ...
+
+    @property
+    def pending(self) -> int:
+        """Queries requested and not yet returned by :meth:`poll`."""
+        ...
+
+    def close(self) -> None:
+        """Release windows, processes or files."""
+        ...

@@ -1,0 +1,238 @@
+"""Gymnasium and Stable-Baselines3 wrappers that replace the env's reward with the learned one."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
+
+from gym_prefs.reward_model import RewardEnsemble
+from gym_prefs.segments import TransitionBatch, TransitionRecorder, steps_for_bytes
+from gym_prefs.spaces import check_space, spaces_match
+
+__all__ = ["LearnedReward", "VecLearnedReward", "RECORD_BYTES"]
+
+#: Default memory bound of the steps a wrapper keeps between two collections by the callback.
+RECORD_BYTES = 64 * 2**20
+
+
+def _resolve_model(
+    reward_model: RewardEnsemble | str | None, observation_space: gym.Space[Any], action_space: gym.Space[Any]
+) -> RewardEnsemble:
+    check_space(observation_space, "observation")
+    check_space(action_space, "action")
+    if reward_model is None:
+        return RewardEnsemble(observation_space, action_space)
+    model = RewardEnsemble.load(reward_model) if isinstance(reward_model, str) else reward_model
+    _check_model_spaces(model, observation_space, action_space)
+    return model
+
+
+def _check_model_spaces(model: RewardEnsemble, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
+    if not (spaces_match(model.observation_space, observation_space) and spaces_match(model.action_space, action_space)):
+        raise ValueError(
+            "the reward model was built for observation space "
+            f"{model.observation_space} and action space {model.action_space}, but this env has "
+            f"{observation_space} and {action_space}; use a reward model made for this env"
+        )
+
+
+def _episode_info(true_return: float, learned_return: float, length: int) -> dict[str, float | int]:
+    return {"true": true_return, "learned": learned_return, "l": length}
+
+
+class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
+    """Hides the env's reward from the agent and returns the learned reward r̂(o, a) instead.
+
+    - The env's own reward goes to ``info["true_reward"]``; at the end of an episode,
+      ``info["episode_returns"]`` holds ``{"true": ..., "learned": ..., "l": ...}``.
+    - Observation and action spaces are unchanged.
+    - Every step is recorded (bounded memory) so that :class:`~gym_prefs.PreferenceCallback`
+      can cut segments from it.
+    - Until the reward model is fitted, the reward is 0.0.
+
+    One reward model serves every wrapper of a training env: the callback shares its model with
+    wrappers in the same process and sends new weights to wrappers in ``SubprocVecEnv``
+    workers after every refit. For many envs in one process, :class:`VecLearnedReward`
+    predicts for all of them in one batched call.
+
+    Args:
+        env: the env to wrap.
+        reward_model: a :class:`~gym_prefs.RewardEnsemble`, a path to a saved one, or ``None``
+            to build one from the spaces (the callback replaces it with the run's shared model).
+        record_steps: steps kept between two collections by the callback; by default as many
+            as fit in 64 MiB.
+
+    Example:
+        >>> import gymnasium as gym
+        >>> env = LearnedReward(gym.make("Pendulum-v1"))
+        >>> obs, info = env.reset(seed=0)
+        >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        >>> reward, "true_reward" in info
+        (0.0, True)
+    """
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        reward_model: RewardEnsemble | str | None = None,
+        record_steps: int | None = None,
+    ) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, record_steps=record_steps)
+        super().__init__(env)
+        self.reward_model = _resolve_model(reward_model, env.observation_space, env.action_space)
+        capacity = record_steps or steps_for_bytes(env.observation_space, env.action_space, RECORD_BYTES)
+        self.recorder = TransitionRecorder(env.observation_space, env.action_space, 1, capacity)
+        self._last_obs: Any = None
+        self.inference_seconds = 0.0  # time spent predicting rewards (for benchmarks)
+        self._true_return = 0.0
+        self._learned_return = 0.0
+        self._length = 0
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        obs, info = self.env.reset(seed=seed, options=options)
+        if self._length:  # an episode cut short by reset: segments must not span it
+            self.recorder.end_episodes(np.ones(1, dtype=bool))
+        self._last_obs = obs
+        self._true_return = self._learned_return = 0.0
+        self._length = 0
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._last_obs is None:
+            raise gym.error.ResetNeeded("call reset() before step() on a LearnedReward env")
+        obs, true_reward, terminated, truncated, info = self.env.step(action)
+        obs_batch = np.asarray(self._last_obs)[None]
+        act_batch = np.asarray(action)[None]
+        start = time.perf_counter()
+        learned = float(self.reward_model.predict(obs_batch, act_batch)[0])
+        self.inference_seconds += time.perf_counter() - start
+        true_reward = float(true_reward)
+        self.recorder.add(obs_batch, act_batch, np.array([true_reward]), np.array([learned]))
+        info["true_reward"] = true_reward
+        self._true_return += true_reward
+        self._learned_return += learned
+        self._length += 1
+        if terminated or truncated:
+            info["episode_returns"] = _episode_info(self._true_return, self._learned_return, self._length)
+            self.recorder.end_episodes(np.ones(1, dtype=bool))
+            self._length = 0
+        self._last_obs = obs
+        return obs, learned, terminated, truncated, info
+
+    def set_reward_model(self, reward_model: RewardEnsemble) -> None:
+        """Use ``reward_model`` from now on (called by the callback after each refit)."""
+        _check_model_spaces(reward_model, self.observation_space, self.action_space)
+        self.reward_model = reward_model
+
+    def pop_transitions(self) -> TransitionBatch:
+        """Hand over (and forget) the steps recorded since the last call."""
+        return self.recorder.drain()
+
+
+class VecLearnedReward(VecEnvWrapper):
+    """:class:`LearnedReward` for a whole ``VecEnv``: one batched reward prediction per step.
+
+    Works over ``DummyVecEnv`` and ``SubprocVecEnv`` (the model stays in the main process).
+    Put it inside ``VecNormalize`` so that the reward model reads raw observations, and outside
+    ``VecFrameStack`` if the reward model should see stacked frames (as in the paper's Atari
+    setup)::
+
+        venv = VecNormalize(VecLearnedReward(VecFrameStack(make_vec_env(...), 4)))
+
+    Wrapping a ``VecNormalize`` raises an error, since the reward model would read observations
+    whose normalisation keeps changing.
+
+    Args:
+        venv: the vectorised env to wrap.
+        reward_model: as in :class:`LearnedReward`.
+        record_steps: steps per env kept between collections; by default 64 MiB in all.
+
+    Example:
+        >>> from stable_baselines3.common.env_util import make_vec_env
+        >>> venv = VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=2))
+        >>> obs = venv.reset()
+        >>> obs, rewards, dones, infos = venv.step(np.zeros((2, 1), dtype=np.float32))
+        >>> rewards.tolist(), "true_reward" in infos[0]
+        ([0.0, 0.0], True)
+    """
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        reward_model: RewardEnsemble | str | None = None,
+        record_steps: int | None = None,
+    ) -> None:
+        inner: VecEnv = venv
+        while isinstance(inner, VecEnvWrapper):
+            if isinstance(inner, VecNormalize):
+                raise ValueError(
+                    "VecLearnedReward wraps a VecNormalize, so the reward model would read "
+                    "normalised observations whose statistics keep changing. Put VecNormalize "
+                    "outside instead: VecNormalize(VecLearnedReward(venv))"
+                )
+            inner = inner.venv
+        super().__init__(venv)
+        self.reward_model = _resolve_model(reward_model, venv.observation_space, venv.action_space)
+        capacity = record_steps or steps_for_bytes(
+            venv.observation_space, venv.action_space, RECORD_BYTES // venv.num_envs
+        )
+        self.recorder = TransitionRecorder(venv.observation_space, venv.action_space, venv.num_envs, capacity)
+        self._last_obs: np.ndarray | None = None
+        self._actions: np.ndarray | None = None
+        self.inference_seconds = 0.0
+        self._true_returns = np.zeros(venv.num_envs)
+        self._learned_returns = np.zeros(venv.num_envs)
+        self._lengths = np.zeros(venv.num_envs, dtype=np.int64)
+
+    def reset(self) -> VecEnvObs:
+        obs = self.venv.reset()
+        if self._lengths.any():
+            self.recorder.end_episodes(self._lengths > 0)
+        self._last_obs = np.asarray(obs)
+        self._true_returns[:] = 0.0
+        self._learned_returns[:] = 0.0
+        self._lengths[:] = 0
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+        self.venv.step_async(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        obs, true_rewards, dones, infos = self.venv.step_wait()
+        if self._last_obs is None or self._actions is None:
+            raise RuntimeError("call reset() before step() on a VecLearnedReward env")
+        start = time.perf_counter()
+        learned = self.reward_model.predict(self._last_obs, self._actions)
+        self.inference_seconds += time.perf_counter() - start
+        self.recorder.add(self._last_obs, self._actions, true_rewards, learned)
+        self._true_returns += true_rewards
+        self._learned_returns += learned
+        self._lengths += 1
+        for i, info in enumerate(infos):
+            info["true_reward"] = float(true_rewards[i])
+            if dones[i]:
+                info["episode_returns"] = _episode_info(
+                    float(self._true_returns[i]), float(self._learned_returns[i]), int(self._lengths[i])
+                )
+        self.recorder.end_episodes(dones)
+        self._true_returns[dones] = 0.0
+        self._learned_returns[dones] = 0.0
+        self._lengths[dones] = 0
+        # After an episode end the returned observation is already the next episode's first.
+        self._last_obs = np.asarray(obs)
+        return obs, learned.astype(np.float32), dones, infos
+
+    def set_reward_model(self, reward_model: RewardEnsemble) -> None:
+        """Use ``reward_model`` from now on."""
+        _check_model_spaces(reward_model, self.observation_space, self.action_space)
+        self.reward_model = reward_model
+
+    def pop_transitions(self) -> TransitionBatch:
+        """Hand over (and forget) the steps recorded since the last call."""
+        return self.recorder.drain()

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("MUJOCO_GL", "egl")
+# Tests use tiny networks: one thread each keeps xdist workers from fighting over 2 cores.
+torch.set_num_threads(1)
+
+
+class TinyImageEnv(gym.Env[np.ndarray, int]):
+    """A cheap image env: the agent brightens (action 1) or darkens (action 0) a square."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+
+    def __init__(self, shape: tuple[int, ...] = (48, 48, 3), episode_length: int = 40) -> None:
+        self.observation_space = spaces.Box(0, 255, shape, np.uint8)
+        self.action_space = spaces.Discrete(2)
+        self.episode_length = episode_length
+        self._level = 0
+        self._t = 0
+
+    def _obs(self) -> np.ndarray:
+        obs = np.zeros(self.observation_space.shape, dtype=np.uint8)
+        obs[..., :] = self._level
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._level = int(self.np_random.integers(0, 256))
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        self._level = int(np.clip(self._level + (20 if action == 1 else -20), 0, 255))
+        self._t += 1
+        return self._obs(), self._level / 255.0, False, self._t >= self.episode_length, {}
+
+
+class DictObsEnv(gym.Env[dict[str, np.ndarray], int]):
+    observation_space = spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(3)})
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action: int) -> tuple[dict[str, Any], float, bool, bool, dict[str, Any]]:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
