@@ -20,11 +20,11 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.reward_model import RewardEnsemble
+from gym_prefs.schedules import LabelSchedule
 from gym_prefs.segments import Segment, SegmentPool, TransitionBatch, steps_for_bytes
 from gym_prefs.selection import SELECTION_METHODS, select_pairs
 from gym_prefs.sources import PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
-from gym_prefs.schedules import LabelSchedule
-from gym_prefs.spaces import spaces_match
+from gym_prefs.spaces import shape_of, spaces_match
 from gym_prefs.wrappers import LearnedReward, VecLearnedReward
 
 __all__ = ["PreferenceCallback"]
@@ -62,10 +62,16 @@ class _RewardWrappers:
     def num_envs(self) -> int:
         return self.venv.num_envs
 
+    def spaces(self) -> tuple[spaces.Space[Any], spaces.Space[Any]]:
+        """Observation and action spaces as the reward wrappers see them (inside any stacking)."""
+        if self.vec_wrapper is not None:
+            return self.vec_wrapper.observation_space, self.vec_wrapper.action_space
+        return self.venv.env_method("reward_spaces", indices=[0])[0]
+
     def current_model(self) -> RewardEnsemble:
         if self.vec_wrapper is not None:
             return self.vec_wrapper.reward_model
-        return self.venv.get_attr("reward_model", indices=[0])[0]  # type: ignore[no-any-return]
+        return self.venv.get_attr("reward_model", indices=[0])[0]
 
     def push(self, model: RewardEnsemble) -> None:
         """Give every wrapper ``model``: shared in this process, a copy in worker processes."""
@@ -237,46 +243,48 @@ class PreferenceCallback(BaseCallback):
     def _init_callback(self) -> None:
         venv = self.training_env
         self._wrappers = _RewardWrappers(venv)
-        self._reward_model = self._build_reward_model(venv)
+        obs_space, act_space = self._wrappers.spaces()
+        self._reward_model = self._build_reward_model(obs_space, act_space)
         self._wrappers.push(self._reward_model)
         if self.segment_length is None:
             self.segment_length = _segment_length_from_dt(venv)
         n_envs = venv.num_envs
-        capacity = min(self.pool_size, steps_for_bytes(venv.observation_space, venv.action_space, self.pool_bytes))
-        self.pool = SegmentPool(venv.observation_space, venv.action_space, n_envs, max(1, capacity // n_envs))
-        self.comparisons = Comparisons(
-            venv.observation_space, venv.action_space, self.segment_length, self.max_comparisons
-        )
+        capacity = min(self.pool_size, steps_for_bytes(obs_space, act_space, self.pool_bytes))
+        self.pool = SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs))
+        self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
         self.trainer = RewardTrainer(
             self._reward_model, lr=self.learning_rate, batch_size=self.batch_size, seed=self.seed
         )
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             self._check_replay_buffer(self.model)
 
-    def _build_reward_model(self, venv: VecEnv) -> RewardEnsemble:
+    def _build_reward_model(self, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> RewardEnsemble:
         spec = self._reward_model_spec
         if spec is None:
             model = self._wrappers.current_model()
+            if not model.is_fitted and self.seed is not None:
+                # The wrapper built it before any seed was set: draw its weights from ours.
+                model.reset_parameters(self.seed)
         elif isinstance(spec, RewardEnsemble):
             model = spec
         elif isinstance(spec, str):
             model = RewardEnsemble.load(spec)
         elif isinstance(spec, dict):
-            model = RewardEnsemble(venv.observation_space, venv.action_space, **spec)
+            model = RewardEnsemble(obs_space, act_space, **({"seed": self.seed} | spec))
         else:
             raise TypeError(f"reward_model must be a RewardEnsemble, a path, a dict or None, got {spec!r}")
-        if not (spaces_match(model.observation_space, venv.observation_space) and spaces_match(model.action_space, venv.action_space)):
+        if not (spaces_match(model.observation_space, obs_space) and spaces_match(model.action_space, act_space)):
             raise ValueError(
                 f"the reward model reads observations {model.observation_space} and actions "
-                f"{model.action_space}, but the training env has {venv.observation_space} and "
-                f"{venv.action_space}; use a reward model made for this env"
+                f"{model.action_space}, but the training env has {obs_space} and "
+                f"{act_space}; use a reward model made for this env"
             )
         return model
 
     def _check_replay_buffer(self, algo: OffPolicyAlgorithm) -> None:
         buffer = algo.replay_buffer
         obs_shape = getattr(buffer, "obs_shape", None)
-        if obs_shape is None or tuple(obs_shape) != tuple(self.reward_model.observation_space.shape):
+        if obs_shape is None or tuple(obs_shape) != shape_of(self.reward_model.observation_space):
             raise ValueError(
                 f"the replay buffer stores observations of shape {obs_shape}, but the reward model "
                 f"reads {self.reward_model.observation_space.shape}, so the buffer cannot be "
@@ -303,7 +311,7 @@ class PreferenceCallback(BaseCallback):
             self._run_current_policy(steps)
         with self._timed("bookkeeping"):
             self._drain()
-        self._ask(count)
+        self._ask(count, required=True)
         if self.verbose:
             print(f"gym_prefs: waiting for {self.source.pending} initial labels before RL starts")
         while self._pending_queries:
@@ -314,14 +322,14 @@ class PreferenceCallback(BaseCallback):
         """Step the training env with the current policy, outside of RL (nothing is learned)."""
         algo: BaseAlgorithm = self.model
         env = self.training_env
-        obs = algo._last_obs  # type: ignore[attr-defined]
+        obs: Any = algo._last_obs
         dones = np.zeros(env.num_envs, dtype=bool)
         for _ in range(math.ceil(steps / env.num_envs)):
-            actions, _ = algo.predict(obs, deterministic=False)  # type: ignore[arg-type]
+            actions, _ = algo.predict(obs, deterministic=False)
             obs, _, dones, _ = env.step(actions)
         # The algorithm carries on from where these steps left the envs.
-        algo._last_obs = obs  # type: ignore[assignment]
-        algo._last_episode_starts = dones  # type: ignore[attr-defined]
+        algo._last_obs = obs
+        algo._last_episode_starts = dones
         vec_normalize = getattr(algo, "_vec_normalize_env", None)
         if vec_normalize is not None and hasattr(algo, "_last_original_obs"):
             algo._last_original_obs = vec_normalize.get_original_obs()
@@ -373,15 +381,26 @@ class PreferenceCallback(BaseCallback):
         for first_stream, batch in self._wrappers.drain():
             self.pool.add(first_stream, batch)
 
-    def _ask(self, count: int) -> None:
+    def _ask(self, count: int, required: bool = False) -> None:
+        """Select ``count`` pairs and hand them to the source.
+
+        With ``required`` (or once the pool has filled up without a single segment), having
+        no segment to cut is an error; otherwise the request waits for more steps.
+        """
         assert self.segment_length is not None
         if self.pool.num_segments(self.segment_length) == 0:
-            if self.num_queries == 0 and self.pool.total_steps >= self.pool.capacity:
+            if required or self.pool.written.min() >= self.pool.capacity:
                 self.pool.sample(1, self.segment_length, self.rng)  # raises the clear error
             return
         with self._timed("selection"):
             pairs = select_pairs(
-                self.pool, self.reward_model, count, self.segment_length, self.selection, self.rng, self.candidates_factor
+                self.pool,
+                self.reward_model,
+                count,
+                self.segment_length,
+                self.selection,
+                self.rng,
+                self.candidates_factor,
             )
         queries = []
         for i in range(count):
@@ -429,7 +448,8 @@ class PreferenceCallback(BaseCallback):
         with self._timed("fitting"):
             report = self.trainer.fit(self.comparisons, epochs)
             recent = self.pool.recent(10_000)
-            self.reward_model.calibrate(recent["obs"], recent["actions"])
+            obs, actions = self._calibration_sample(10_000)
+            self.reward_model.calibrate(obs, actions)
         self._labels_at_last_fit = len(self.comparisons)
         self.num_fits += 1
         self.last_fit = report
@@ -452,6 +472,20 @@ class PreferenceCallback(BaseCallback):
                 f"val loss {report.val_loss:.3f}, accuracy {report.accuracy:.2f}, corr with true reward {corr:.2f}"
             )
 
+    def _calibration_sample(self, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Transitions to normalise the reward model on: steps of the labelled segments.
+
+        They span the whole run (the initial policy's steps too), so the scale stays put when
+        the current policy narrows down: normalising on recent steps alone would blow up the
+        scale of a policy that barely varies, and lock it in.
+        """
+        obs = self.comparisons.obs.reshape(-1, *shape_of(self.pool.observation_space))
+        actions = self.comparisons.actions.reshape(-1, *shape_of(self.pool.action_space))
+        if len(obs) > count:
+            rows = self.rng.choice(len(obs), size=count, replace=False)
+            obs, actions = obs[rows], actions[rows]
+        return obs, actions
+
     def _relabel(self, algo: OffPolicyAlgorithm) -> None:
         buffer = algo.replay_buffer
         assert buffer is not None
@@ -463,7 +497,7 @@ class PreferenceCallback(BaseCallback):
             if isinstance(algo.action_space, spaces.Box):
                 # Off-policy algorithms store actions rescaled to [-1, 1].
                 actions = algo.policy.unscale_action(actions)
-            actions = actions.reshape(stop - start, buffer.n_envs, *algo.action_space.shape)
+            actions = actions.reshape(stop - start, buffer.n_envs, *shape_of(algo.action_space))
             buffer.rewards[start:stop] = self.reward_model.predict(buffer.observations[start:stop], actions)
 
     def _log_counts(self) -> None:
@@ -495,7 +529,7 @@ def _segment_length_from_dt(venv: VecEnv) -> int:
         return DEFAULT_SEGMENT_LENGTH
     if not dt > 0:
         return DEFAULT_SEGMENT_LENGTH
-    return max(1, int(round(SEGMENT_SECONDS / dt)))
+    return max(1, round(SEGMENT_SECONDS / dt))
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:

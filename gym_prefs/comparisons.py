@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from gym_prefs.spaces import shape_of
+
 __all__ = ["Comparisons"]
 
 # Knuth's multiplicative hash spreads consecutive ids evenly over [0, 1).
@@ -43,8 +45,8 @@ class Comparisons:
     ) -> None:
         self.segment_length = segment_length
         self.max_size = max_size
-        self._obs = np.empty((0, 2, segment_length, *observation_space.shape), dtype=observation_space.dtype)
-        self._actions = np.empty((0, 2, segment_length, *action_space.shape), dtype=action_space.dtype)
+        self._obs = np.empty((0, 2, segment_length, *shape_of(observation_space)), dtype=observation_space.dtype)
+        self._actions = np.empty((0, 2, segment_length, *shape_of(action_space)), dtype=action_space.dtype)
         self._mu = np.empty(0, dtype=np.float32)
         self._ids = np.empty(0, dtype=np.int64)
         self._size = 0
@@ -100,7 +102,7 @@ class Comparisons:
 
     def validation_mask(self, fraction: float) -> np.ndarray:
         """Rows in the validation split (about ``fraction`` of them, fixed per id)."""
-        return ((self.ids * _HASH) % 2**32) / 2**32 < fraction  # type: ignore[no-any-return]
+        return ((self.ids * _HASH) % 2**32) / 2**32 < fraction
 
 
 def _grow(array: np.ndarray, capacity: int) -> np.ndarray:

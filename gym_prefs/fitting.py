@@ -14,6 +14,13 @@ from gym_prefs.reward_model import RewardEnsemble
 
 __all__ = ["FitReport", "RewardTrainer"]
 
+#: Factor by which the L2 coefficient moves after each epoch whose loss ratio is off target.
+L2_STEP = 1.1
+#: Bounds of the L2 coefficient. The squared weights of a fresh (64, 64) member sum to about
+#: 40, so 1e-2 already weighs as much as the preference loss; validation sets of a few dozen
+#: labels are noisy enough to push an unbounded coefficient far past that.
+L2_RANGE = (1e-6, 1e-2)
+
 
 @dataclass
 class FitReport:
@@ -67,7 +74,8 @@ class RewardTrainer:
         >>> data = Comparisons(model.observation_space, model.action_space, segment_length=4)
         >>> rng = np.random.default_rng(0)
         >>> obs = rng.uniform(-1, 1, (256, 2, 4, 1)).astype(np.float32)
-        >>> data.add(obs, np.zeros((256, 2, 4), dtype=np.int64), (obs[:, 0].sum((1, 2)) > obs[:, 1].sum((1, 2))).astype(np.float32))
+        >>> first_better = obs[:, 0].sum((1, 2)) > obs[:, 1].sum((1, 2))
+        >>> data.add(obs, np.zeros((256, 2, 4), dtype=np.int64), first_better.astype(np.float32))
         >>> report = RewardTrainer(model, seed=0).fit(data, epochs=30)
         >>> report.accuracy > 0.9
         True
@@ -94,9 +102,11 @@ class RewardTrainer:
         self.rng = np.random.default_rng(seed)
         net = model.net
         if isinstance(net, ModuleEnsemble):
-            self._l2_params = [_weights(member) for member in net.members]  # type: ignore[assignment]
+            # One group of weights per member.
+            self._l2_groups = [_weights(member) for member in net.members]
         else:
-            self._l2_params = _weights(net)  # type: ignore[assignment]
+            # A single group of stacked weights, member m in slice m of the first axis.
+            self._l2_groups = [_weights(net)]
 
     # ------------------------------------------------------------------ pieces
     def _segment_returns(self, obs: np.ndarray, actions: np.ndarray) -> torch.Tensor:
@@ -113,19 +123,24 @@ class RewardTrainer:
         logits = returns[..., 0] - returns[..., 1]
         eps = self.random_response
         # log P' for each side, computed stably: P' = (1 - eps) * sigmoid(x) + eps / 2.
-        log_p_first = torch.logaddexp(math.log(1 - eps) + torch.nn.functional.logsigmoid(logits), torch.tensor(math.log(eps / 2)))
-        log_p_second = torch.logaddexp(math.log(1 - eps) + torch.nn.functional.logsigmoid(-logits), torch.tensor(math.log(eps / 2)))
+        log_p_first = torch.logaddexp(
+            math.log(1 - eps) + torch.nn.functional.logsigmoid(logits), torch.tensor(math.log(eps / 2))
+        )
+        log_p_second = torch.logaddexp(
+            math.log(1 - eps) + torch.nn.functional.logsigmoid(-logits), torch.tensor(math.log(eps / 2))
+        )
         return -(mu * log_p_first + (1 - mu) * log_p_second).mean(dim=1)
 
     def _l2_penalty(self) -> torch.Tensor:
         """Per-member sum of squared weights ``[n]`` (member axis first in every stacked weight)."""
         n = self.model.n_members
         if isinstance(self.model.net, ModuleEnsemble):
-            return torch.stack([sum((p.pow(2).sum() for p in group), torch.zeros(())) for group in self._l2_params])
+            zero = torch.zeros((), device=self.model.device)
+            return torch.stack([sum((p.pow(2).sum() for p in group), zero) for group in self._l2_groups])
         # Stacked weights [n, ...] and grouped-convolution weights [n * out, ...] both put
         # member m's weights in the m-th slice of the first axis.
         total = torch.zeros(n, device=self.model.device)
-        for param in self._l2_params:
+        for param in self._l2_groups[0]:
             total = total + param.pow(2).reshape(n, -1).sum(1)
         return total
 
@@ -156,7 +171,7 @@ class RewardTrainer:
             raise ValueError("no labelled pairs to fit the reward model to")
         model = self.model
         n = model.n_members
-        model.set_input_stats(data.obs)
+        model.set_input_stats(data.obs, data.actions)
         val_mask = data.validation_mask(self.val_fraction) if len(data) >= 10 else np.zeros(len(data), dtype=bool)
         train_rows = np.flatnonzero(~val_mask)
         val_rows = np.flatnonzero(val_mask)
@@ -168,7 +183,9 @@ class RewardTrainer:
         train_loss = np.full(n, np.nan)
         for _ in range(epochs):
             model.train()
-            order = np.take_along_axis(boot, self.rng.permuted(np.tile(np.arange(boot.shape[1]), (n, 1)), axis=1), axis=1)
+            order = np.take_along_axis(
+                boot, self.rng.permuted(np.tile(np.arange(boot.shape[1]), (n, 1)), axis=1), axis=1
+            )
             epoch_loss = torch.zeros(n, device=model.device)
             batches = max(1, boot.shape[1] // batch)
             for b in range(batches):
@@ -203,8 +220,8 @@ class RewardTrainer:
     def _adapt_l2(self, ratio: np.ndarray) -> None:
         low, high = self.l2_bounds
         ratio_t = torch.as_tensor(ratio, device=self.l2.device, dtype=self.l2.dtype)
-        factor = torch.where(ratio_t > high, 1.2, torch.where(ratio_t < low, 1 / 1.2, 1.0))
-        self.l2 = (self.l2 * factor).clamp(1e-8, 10.0)
+        factor = torch.where(ratio_t > high, L2_STEP, torch.where(ratio_t < low, 1 / L2_STEP, 1.0))
+        self.l2 = (self.l2 * factor).clamp(*L2_RANGE)
 
 
 def _weights(module: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -12,6 +12,7 @@ bootstrap samples); the output is always ``[n, batch]``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["EnsembleLinear", "EnsembleMLP", "EnsembleCNN", "ModuleEnsemble", "MemberFactory"]
+__all__ = ["EnsembleCNN", "EnsembleLinear", "EnsembleMLP", "MemberFactory", "ModuleEnsemble"]
 
 #: Builds one ensemble member: ``factory(obs_dim_or_shape, act_dim) -> module`` whose
 #: ``forward(obs, act)`` maps ``[batch, *obs]`` and ``[batch, act_dim]`` to ``[batch]``.
@@ -84,9 +85,7 @@ class EnsembleMLP(nn.Module):
         super().__init__()
         self.n_members = n_members
         sizes = [obs_dim + act_dim, *hidden_sizes]
-        self.hidden = nn.ModuleList(
-            EnsembleLinear(n_members, a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
-        )
+        self.hidden = nn.ModuleList(EnsembleLinear(n_members, a, b) for a, b in itertools.pairwise(sizes))
         self.out = EnsembleLinear(n_members, sizes[-1], 1)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -146,9 +145,7 @@ class EnsembleCNN(nn.Module):
                     "member_factory to RewardEnsemble"
                 )
             out_ch = self.FILTERS
-            layers.append(
-                nn.Conv2d(n_members * in_ch, n_members * out_ch, kernel, stride, groups=n_members)
-            )
+            layers.append(nn.Conv2d(n_members * in_ch, n_members * out_ch, kernel, stride, groups=n_members))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(n_members * out_ch))
             if dropout > 0:

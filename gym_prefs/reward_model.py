@@ -20,6 +20,7 @@ from gym_prefs.spaces import (
     encoded_size,
     image_shape_chw,
     is_image,
+    shape_of,
     space_from_config,
     space_to_config,
 )
@@ -54,7 +55,12 @@ class RewardEnsemble(nn.Module):
         hidden_sizes: hidden widths of the MLP.
         dropout: dropout probability (MLP hidden layers; CNN conv layers). ``None`` picks
             0 for the MLP and 0.5 for the CNN, as in the paper.
-        use_actions: whether the reward reads the action as well as the observation.
+        use_actions: whether the reward reads the action as well as the observation. Off by
+            default: a person judging clips sees states, not torques (the paper removed such
+            invisible control costs from the true reward for that reason), and an agent
+            exploits any spurious dependence on the action it controls at once. On Pendulum
+            with PPO and 200 labels, observation-only rewards swung up on 4 of 5 seeds, and
+            r̂(o, a) on 1 or 2 of 5. Turn it on for the paper's r̂(o, a).
         member_factory: build each member yourself: ``factory(obs_shape, act_dim)`` returns a
             module whose ``forward(obs, act)`` maps a batch to ``[batch]`` rewards. Give it as
             a callable or as an import path ``"package.module:function"`` (the path is saved,
@@ -70,6 +76,14 @@ class RewardEnsemble(nn.Module):
         (2,)
     """
 
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
+    act_mean: torch.Tensor
+    act_std: torch.Tensor
+    offset: torch.Tensor
+    scale: torch.Tensor
+    fitted: torch.Tensor
+
     def __init__(
         self,
         observation_space: spaces.Space[Any],
@@ -79,7 +93,7 @@ class RewardEnsemble(nn.Module):
         network: str = "auto",
         hidden_sizes: Sequence[int] = (64, 64),
         dropout: float | None = None,
-        use_actions: bool = True,
+        use_actions: bool = False,
         member_factory: MemberFactory | str | None = None,
         device: str | torch.device = "cpu",
         seed: int | None = None,
@@ -95,13 +109,13 @@ class RewardEnsemble(nn.Module):
             raise ValueError(f"network must be 'auto', 'mlp' or 'cnn', got {network!r}")
         self.observation_space = observation_space
         self.action_space = action_space
+        self._obs_shape = shape_of(observation_space)
+        self._act_shape = shape_of(action_space)
         self.n_members = n_members
         self.reward_std = float(reward_std)
         self.image_obs = is_image(observation_space)
         if network == "cnn" and not self.image_obs:
-            raise ValueError(
-                f"network='cnn' needs uint8 image observations in [0, 255], got {observation_space}"
-            )
+            raise ValueError(f"network='cnn' needs uint8 image observations in [0, 255], got {observation_space}")
         self.network = ("cnn" if self.image_obs else "mlp") if network == "auto" else network
         self.use_actions = use_actions
         self.act_dim = encoded_size(action_space) if use_actions else 0
@@ -113,22 +127,40 @@ class RewardEnsemble(nn.Module):
         self.dropout = (0.5 if self.network == "cnn" else 0.0) if dropout is None else float(dropout)
         self.factory_path = _factory_path(member_factory)
 
-        generator_state = torch.random.get_rng_state()
-        if seed is not None:
-            torch.manual_seed(seed)
-        self.net = self._build(member_factory)
-        if seed is not None:
-            torch.random.set_rng_state(generator_state)
+        self._member_factory = member_factory
+        self.net = self._build_seeded(seed)
 
         # Input standardisation for vector observations (set from labelled data when fitting).
         self.register_buffer("obs_mean", torch.zeros(self.obs_shape[0] if self.network == "mlp" else 1))
         self.register_buffer("obs_std", torch.ones(self.obs_shape[0] if self.network == "mlp" else 1))
+        # Continuous actions are standardised the same way (one-hot actions are left as they are).
+        self.register_buffer("act_mean", torch.zeros(self.act_dim))
+        self.register_buffer("act_std", torch.ones(self.act_dim))
         # Per-member output normalisation: r_m = (raw_m - offset_m) * scale_m.
         self.register_buffer("offset", torch.zeros(n_members))
         self.register_buffer("scale", torch.ones(n_members))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.to(device)
         # Evaluation mode unless a trainer is fitting: predictions never see dropout.
+        self.eval()
+
+    def _build_seeded(self, seed: int | None) -> nn.Module:
+        """Build the networks, drawing initial weights from ``seed`` without touching torch's global RNG."""
+        if seed is None:
+            return self._build(self._member_factory)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._build(self._member_factory)
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Draw fresh initial weights (from ``seed``) and forget any fit and normalisation."""
+        device = self.device
+        self.net = self._build_seeded(seed).to(device)
+        for name in ("obs_mean", "act_mean", "offset"):
+            getattr(self, name).zero_()
+        for name in ("obs_std", "act_std", "scale"):
+            getattr(self, name).fill_(1.0)
+        self.fitted.fill_(False)
         self.eval()
 
     def _build(self, member_factory: MemberFactory | str | None) -> nn.Module:
@@ -157,11 +189,11 @@ class RewardEnsemble(nn.Module):
         """
         obs = np.asarray(obs)
         act = np.asarray(act)
-        obs_rank = len(self.observation_space.shape)
+        obs_rank = len(self._obs_shape)
         lead = obs.shape[: obs.ndim - obs_rank]
         count = int(np.prod(lead, dtype=np.int64))
         if self.network == "cnn":
-            images = obs.reshape(count, *self.observation_space.shape)
+            images = obs.reshape(count, *self._obs_shape)
             if images.ndim == 3:
                 images = images[:, None]
             elif images.shape[1:] != self.obs_shape:  # channel-last -> channel-first
@@ -169,23 +201,29 @@ class RewardEnsemble(nn.Module):
             obs_t = torch.as_tensor(np.ascontiguousarray(images), device=self.device)
             obs_t = obs_t.float().div_(255.0)
         else:
-            flat = encode(self.observation_space, obs.reshape(count, *self.observation_space.shape))
+            flat = encode(self.observation_space, obs.reshape(count, *self._obs_shape))
             obs_t = (torch.as_tensor(flat, device=self.device) - self.obs_mean) / self.obs_std
-        act_rank = len(self.action_space.shape)
+        act_rank = len(self._act_shape)
         if self.use_actions:
             act_flat = encode(self.action_space, act.reshape(count, *act.shape[act.ndim - act_rank :]))
-            act_t = torch.as_tensor(act_flat, device=self.device)
+            act_t = (torch.as_tensor(act_flat, device=self.device) - self.act_mean) / self.act_std
         else:
             act_t = torch.zeros(count, 0, device=self.device)
         return obs_t.reshape(*lead, *obs_t.shape[1:]), act_t.reshape(*lead, self.act_dim)
 
-    def set_input_stats(self, obs: np.ndarray) -> None:
-        """Standardise vector observations with the mean and std of ``obs`` (no-op for images)."""
-        if self.network != "mlp":
-            return
-        flat = encode(self.observation_space, np.asarray(obs).reshape(-1, *self.observation_space.shape))
-        self.obs_mean.copy_(torch.as_tensor(flat.mean(axis=0)))
-        self.obs_std.copy_(torch.as_tensor(flat.std(axis=0) + 1e-6))
+    def set_input_stats(self, obs: np.ndarray, act: np.ndarray) -> None:
+        """Standardise vector observations and continuous actions with the statistics of a batch.
+
+        Images (scaled to [0, 1]) and one-hot actions are left as they are.
+        """
+        if self.network == "mlp":
+            flat = encode(self.observation_space, np.asarray(obs).reshape(-1, *self._obs_shape))
+            self.obs_mean.copy_(torch.as_tensor(flat.mean(axis=0)))
+            self.obs_std.copy_(torch.as_tensor(flat.std(axis=0) + 1e-6))
+        if self.use_actions and isinstance(self.action_space, spaces.Box):
+            flat = encode(self.action_space, np.asarray(act).reshape(-1, *self._act_shape))
+            self.act_mean.copy_(torch.as_tensor(flat.mean(axis=0)))
+            self.act_std.copy_(torch.as_tensor(flat.std(axis=0) + 1e-6))
 
     # ------------------------------------------------------------------ outputs
     def raw_members(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
@@ -214,10 +252,10 @@ class RewardEnsemble(nn.Module):
 
     def _flatten(self, obs: np.ndarray, act: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         obs = np.asarray(obs)
-        lead = obs.shape[: obs.ndim - len(self.observation_space.shape)]
+        lead = obs.shape[: obs.ndim - len(self._obs_shape)]
         count = int(np.prod(lead, dtype=np.int64))
-        obs = obs.reshape(count, *self.observation_space.shape)
-        act = np.asarray(act).reshape(count, *self.action_space.shape)
+        obs = obs.reshape(count, *self._obs_shape)
+        act = np.asarray(act).reshape(count, *self._act_shape)
         return obs, act, lead
 
     def predict_members(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -241,8 +279,7 @@ class RewardEnsemble(nn.Module):
 
     @torch.inference_mode()
     def calibrate(self, obs: np.ndarray, act: np.ndarray) -> None:
-        """Set each member's offset and scale so that on these transitions it has zero mean and
-        standard deviation ``reward_std``."""
+        """Normalise every member to zero mean and std ``reward_std`` on these transitions."""
         self.offset.zero_()
         self.scale.fill_(1.0)
         raw = self.predict_members(obs, act).reshape(self.n_members, -1)
@@ -282,7 +319,7 @@ class RewardEnsemble(nn.Module):
         """Inverse of :meth:`to_bytes`."""
         try:
             payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unpickling failure means "not ours"
+        except Exception as error:
             raise ValueError(f"not a gym_prefs reward model file ({error})") from error
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ValueError("not a gym_prefs reward model file (no gym_prefs format header)")
@@ -349,7 +386,7 @@ def _resolve_factory(factory: MemberFactory | str) -> MemberFactory:
     target: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         target = getattr(target, part)
-    return target  # type: ignore[no-any-return]
+    return target
 
 
 def _factory_path(factory: MemberFactory | str | None) -> str | None:

@@ -50,7 +50,7 @@ class LabelSchedule:
         self.horizon = max(1, horizon)
         self.kind = kind
         self.scale = scale
-        self.initial = int(round(total * initial_fraction))
+        self.initial = round(total * initial_fraction)
 
     def due(self, timestep: int) -> int:
         """Labels that should have been asked for by ``timestep`` (counting the initial ones)."""
@@ -58,4 +58,4 @@ class LabelSchedule:
         progress = min(1.0, max(0.0, timestep / self.horizon))
         if self.kind == "decay":
             progress = math.log1p(progress * self.horizon / self.scale) / math.log1p(self.horizon / self.scale)
-        return self.initial + int(math.floor(rest * progress + 1e-9))
+        return self.initial + math.floor(rest * progress + 1e-9)

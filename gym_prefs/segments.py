@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["Segment", "TransitionBatch", "TransitionRecorder", "SegmentPool", "steps_for_bytes"]
+from gym_prefs.spaces import shape_of
+
+__all__ = ["Segment", "SegmentPool", "TransitionBatch", "TransitionRecorder", "steps_for_bytes"]
 
 
 @dataclass
@@ -62,7 +64,7 @@ def steps_for_bytes(obs_space: spaces.Space[Any], act_space: spaces.Space[Any], 
 
 
 def _nbytes(space: spaces.Space[Any]) -> int:
-    return int(np.prod(space.shape, dtype=np.int64)) * np.dtype(space.dtype).itemsize
+    return int(np.prod(shape_of(space), dtype=np.int64)) * np.dtype(space.dtype).itemsize
 
 
 class _Ring:
@@ -71,13 +73,15 @@ class _Ring:
     def __init__(self, capacity: int, leading: tuple[int, ...], fields: dict[str, tuple[tuple[int, ...], Any]]):
         self.capacity = capacity
         # np.empty only reserves address space: memory is touched as steps are written.
-        self.data = {name: np.empty((capacity, *leading, *shape), dtype=dtype) for name, (shape, dtype) in fields.items()}
+        self.data = {
+            name: np.empty((capacity, *leading, *shape), dtype=dtype) for name, (shape, dtype) in fields.items()
+        }
 
 
 def _fields(obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
     return {
-        "obs": (obs_space.shape, obs_space.dtype),
-        "actions": (act_space.shape, act_space.dtype),
+        "obs": (shape_of(obs_space), obs_space.dtype),
+        "actions": (shape_of(act_space), act_space.dtype),
         "true_rewards": ((), np.float32),
         "learned_rewards": ((), np.float32),
         "episodes": ((), np.int64),
@@ -261,6 +265,5 @@ class SegmentPool:
             for name, array in self._ring.data.items():
                 parts[name].append(array[positions, s])
         return {
-            name: np.concatenate(chunks) if chunks else self._ring.data[name][:0, 0]
-            for name, chunks in parts.items()
+            name: np.concatenate(chunks) if chunks else self._ring.data[name][:0, 0] for name, chunks in parts.items()
         }

@@ -7,7 +7,7 @@ import numpy as np
 from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.segments import SegmentPool
 
-__all__ = ["SELECTION_METHODS", "select_pairs", "pair_disagreement"]
+__all__ = ["SELECTION_METHODS", "pair_disagreement", "select_pairs"]
 
 SELECTION_METHODS = ("disagreement", "random")
 
@@ -26,7 +26,7 @@ def pair_disagreement(model: RewardEnsemble, obs: np.ndarray, actions: np.ndarra
     returns = model.predict_members(obs, actions).sum(axis=-1)  # [members, pairs, 2]
     logits = np.clip(returns[..., 0] - returns[..., 1], -50, 50)
     prob_first = 1.0 / (1.0 + np.exp(-logits))
-    return prob_first.var(axis=0)  # type: ignore[no-any-return]
+    return prob_first.var(axis=0)
 
 
 def select_pairs(

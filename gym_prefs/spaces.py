@@ -16,14 +16,22 @@ from gymnasium import spaces
 __all__ = [
     "UnsupportedSpaceError",
     "check_space",
-    "encoded_size",
     "encode",
-    "is_image",
+    "encoded_size",
     "image_shape_chw",
-    "space_to_config",
+    "is_image",
     "space_from_config",
+    "space_to_config",
     "spaces_match",
+    "shape_of",
 ]
+
+
+def shape_of(space: spaces.Space[Any]) -> tuple[int, ...]:
+    """The element shape of a supported space (never ``None``)."""
+    if space.shape is None:
+        raise UnsupportedSpaceError(f"{space!r} has no fixed shape")
+    return tuple(space.shape)
 
 
 class UnsupportedSpaceError(ValueError):
@@ -143,7 +151,7 @@ def space_from_config(config: dict[str, Any]) -> spaces.Space[Any]:
         dtype = np.dtype(config["dtype"])
         low = np.broadcast_to(np.asarray(config["low"], dtype=dtype), shape)
         high = np.broadcast_to(np.asarray(config["high"], dtype=dtype), shape)
-        return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)  # type: ignore[arg-type]
+        return spaces.Box(low=low, high=high, shape=shape, dtype=dtype)
     if kind == "Discrete":
         return spaces.Discrete(config["n"], start=config["start"])
     if kind == "MultiDiscrete":
@@ -163,6 +171,11 @@ def _compact(bound: np.ndarray) -> Any:
 
 def spaces_match(a: spaces.Space[Any], b: spaces.Space[Any]) -> bool:
     """Whether two spaces have the same type, shape and dtype (bounds are not compared)."""
-    return type(a) is type(b) and a.shape == b.shape and a.dtype == b.dtype and (
-        not isinstance(a, spaces.Discrete) or a.n == b.n  # type: ignore[attr-defined]
+    return (
+        type(a) is type(b)
+        and a.shape == b.shape
+        and a.dtype == b.dtype
+        and (
+            not isinstance(a, spaces.Discrete) or a.n == b.n  # type: ignore[attr-defined]
+        )
     )

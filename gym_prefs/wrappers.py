@@ -14,7 +14,7 @@ from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.segments import TransitionBatch, TransitionRecorder, steps_for_bytes
 from gym_prefs.spaces import check_space, spaces_match
 
-__all__ = ["LearnedReward", "VecLearnedReward", "RECORD_BYTES"]
+__all__ = ["RECORD_BYTES", "LearnedReward", "VecLearnedReward"]
 
 #: Default memory bound of the steps a wrapper keeps between two collections by the callback.
 RECORD_BYTES = 64 * 2**20
@@ -33,7 +33,9 @@ def _resolve_model(
 
 
 def _check_model_spaces(model: RewardEnsemble, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
-    if not (spaces_match(model.observation_space, observation_space) and spaces_match(model.action_space, action_space)):
+    if not (
+        spaces_match(model.observation_space, observation_space) and spaces_match(model.action_space, action_space)
+    ):
         raise ValueError(
             "the reward model was built for observation space "
             f"{model.observation_space} and action space {model.action_space}, but this env has "
@@ -132,6 +134,10 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
     def pop_transitions(self) -> TransitionBatch:
         """Hand over (and forget) the steps recorded since the last call."""
         return self.recorder.drain()
+
+    def reward_spaces(self) -> tuple[gym.Space[Any], gym.Space[Any]]:
+        """The spaces of what this wrapper records (outer wrappers may change the env's)."""
+        return self.observation_space, self.action_space
 
 
 class VecLearnedReward(VecEnvWrapper):

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 class TinyImageEnv(gym.Env[np.ndarray, int]):
     """A cheap image env: the agent brightens (action 1) or darkens (action 0) a square."""
 
-    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 15}
 
     def __init__(self, shape: tuple[int, ...] = (48, 48, 3), episode_length: int = 40) -> None:
         self.observation_space = spaces.Box(0, 255, shape, np.uint8)
@@ -32,7 +32,9 @@ class TinyImageEnv(gym.Env[np.ndarray, int]):
         obs[..., :] = self._level
         return obs
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._level = int(self.np_random.integers(0, 256))
         self._t = 0
@@ -48,7 +50,9 @@ class DictObsEnv(gym.Env[dict[str, np.ndarray], int]):
     observation_space = spaces.Dict({"a": spaces.Box(-1, 1, (2,)), "b": spaces.Discrete(3)})
     action_space = spaces.Discrete(2)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         super().reset(seed=seed)
         return self.observation_space.sample(), {}
 

@@ -33,7 +33,7 @@ def held_out_accuracy(model: RewardEnsemble, seed: int = 99) -> float:
 
 
 def test_fitted_ensemble_orders_held_out_pairs_like_the_true_reward():
-    model = RewardEnsemble(OBS, ACT, seed=0)
+    model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(600, seed=1)
     data.add(obs, act, mu)
@@ -48,7 +48,7 @@ def test_fitted_ensemble_orders_held_out_pairs_like_the_true_reward():
 
 
 def test_equal_labels_teach_equal_returns():
-    model = RewardEnsemble(OBS, ACT, seed=0)
+    model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, _, _ = labelled_pairs(200, seed=2)
     data.add(obs, act, np.full(200, 0.5, dtype=np.float32))
@@ -60,16 +60,16 @@ def test_equal_labels_teach_equal_returns():
 
 
 def test_noisy_labels_still_rank_well():
-    model = RewardEnsemble(OBS, ACT, seed=0)
+    model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
-    obs, act, mu, _ = labelled_pairs(400, seed=3, oracle=SyntheticOracle(mistake_rate=0.1, seed=0))
+    obs, act, mu, _ = labelled_pairs(800, seed=3, oracle=SyntheticOracle(mistake_rate=0.1, seed=0))
     data.add(obs, act, mu)
     RewardTrainer(model, seed=0).fit(data, epochs=60)
     assert held_out_accuracy(model) >= 0.85
 
 
 def test_l2_rises_when_the_model_overfits_a_few_labels():
-    model = RewardEnsemble(OBS, ACT, hidden_sizes=(128, 128), seed=0)
+    model = RewardEnsemble(OBS, ACT, use_actions=True, hidden_sizes=(128, 128), seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(30, seed=4)
     data.add(obs, act, mu)
@@ -79,7 +79,7 @@ def test_l2_rises_when_the_model_overfits_a_few_labels():
 
 
 def test_l2_falls_when_validation_matches_training():
-    model = RewardEnsemble(OBS, ACT, seed=0)
+    model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(400, seed=5)
     data.add(obs, act, mu)
@@ -89,7 +89,7 @@ def test_l2_falls_when_validation_matches_training():
 
 
 def test_members_train_on_different_bootstrap_samples():
-    model = RewardEnsemble(OBS, ACT, seed=0)
+    model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(100, seed=6)
     data.add(obs, act, mu)

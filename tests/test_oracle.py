@@ -18,7 +18,9 @@ def pairs(n: int, gap: float, length: int = 5):
 
 def test_perfect_oracle_prefers_the_higher_return_and_ties_are_equal():
     oracle = SyntheticOracle()
-    labels = oracle.label(np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]]))
+    labels = oracle.label(
+        np.array([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]), np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    )
     assert labels == ["first", "second", "equal"]
 
 

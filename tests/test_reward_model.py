@@ -34,7 +34,9 @@ def test_cnn_reads_channel_last_and_first_alike():
     chw = fitted(RewardEnsemble(spaces.Box(0, 255, (4, 84, 84), np.uint8), spaces.Discrete(6), seed=0))
     images = np.random.default_rng(0).integers(0, 256, (3, 84, 84, 4), dtype=np.uint8)
     actions = np.array([0, 3, 5])
-    np.testing.assert_allclose(hwc.predict(images, actions), chw.predict(images.transpose(0, 3, 1, 2), actions), rtol=1e-5)
+    np.testing.assert_allclose(
+        hwc.predict(images, actions), chw.predict(images.transpose(0, 3, 1, 2), actions), rtol=1e-5
+    )
 
 
 def test_zero_reward_before_the_first_fit():
@@ -129,7 +131,7 @@ def test_custom_local_factory_needs_the_factory_to_load(tmp_path):
 
 def test_discrete_actions_are_one_hot_and_change_the_reward():
     env = gym.make("CartPole-v1")
-    model = fitted(RewardEnsemble(env.observation_space, env.action_space, seed=0))
+    model = fitted(RewardEnsemble(env.observation_space, env.action_space, use_actions=True, seed=0))
     assert model.act_dim == 2
     obs = np.zeros((2, 4))
     left, right = model.predict(obs, np.array([0, 1]))
@@ -151,3 +153,21 @@ def test_cuda_predictions_match_cpu():
     gpu = RewardEnsemble.from_bytes(cpu.to_bytes(), device="cuda")
     obs, act = np.ones((3, 5)), np.ones((3, 2))
     np.testing.assert_allclose(gpu.predict(obs, act), cpu.predict(obs, act), rtol=1e-4)
+
+
+def test_rewards_read_observations_only_by_default():
+    env = gym.make("CartPole-v1")
+    model = fitted(RewardEnsemble(env.observation_space, env.action_space, seed=0))
+    assert model.act_dim == 0
+    left, right = model.predict(np.zeros((2, 4)), np.array([0, 1]))
+    assert left == right
+
+
+def test_seeded_models_are_identical_and_reset_parameters_reseeds():
+    a = RewardEnsemble(VEC_OBS, BOX_ACT, seed=3)
+    b = RewardEnsemble(VEC_OBS, BOX_ACT)
+    state_before = torch.random.get_rng_state()
+    b.reset_parameters(seed=3)
+    assert torch.equal(torch.random.get_rng_state(), state_before)  # the global RNG is untouched
+    for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name

@@ -3,8 +3,8 @@ import pytest
 from gymnasium import spaces
 
 from gym_prefs import RewardEnsemble
-from gym_prefs.selection import pair_disagreement, select_pairs
 from gym_prefs.segments import SegmentPool, TransitionRecorder
+from gym_prefs.selection import pair_disagreement, select_pairs
 
 OBS = spaces.Box(-3, 3, (3,))
 ACT = spaces.Box(-1, 1, (1,))

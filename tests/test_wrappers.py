@@ -73,11 +73,13 @@ def test_unsupported_observation_space_names_it_and_the_fix():
 
 
 def test_episode_end_reports_true_and_learned_returns():
-    env = LearnedReward(gym.make("Pendulum-v1", max_episode_steps=10), reward_model=fitted_model(gym.make("Pendulum-v1")))
+    env = LearnedReward(
+        gym.make("Pendulum-v1", max_episode_steps=10), reward_model=fitted_model(gym.make("Pendulum-v1"))
+    )
     env.reset(seed=0)
     true_sum = learned_sum = 0.0
     for _ in range(10):
-        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        _, reward, _terminated, truncated, info = env.step(env.action_space.sample())
         true_sum += info["true_reward"]
         learned_sum += reward
     assert truncated
@@ -117,7 +119,9 @@ def test_reward_model_loaded_from_a_path(tmp_path):
 def test_vec_wrapper_matches_per_env_wrapper():
     model = fitted_model(gym.make("Pendulum-v1"))
     vec = VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=3, seed=5), reward_model=model)
-    per_env = make_vec_env("Pendulum-v1", n_envs=3, seed=5, wrapper_class=LearnedReward, wrapper_kwargs={"reward_model": model})
+    per_env = make_vec_env(
+        "Pendulum-v1", n_envs=3, seed=5, wrapper_class=LearnedReward, wrapper_kwargs={"reward_model": model}
+    )
     vec.reset()
     per_env.reset()
     for _ in range(30):
@@ -152,7 +156,7 @@ def test_vec_wrapper_composes_with_frame_stack_and_vec_normalize():
     venv = VecNormalize(VecLearnedReward(VecFrameStack(base, 4)))
     assert venv.venv.reward_model.observation_space.shape == (12,)  # the model sees stacked frames
     venv.reset()
-    _, rewards, _, infos = venv.step(np.zeros((2, 1), dtype=np.float32))
+    _, _rewards, _, infos = venv.step(np.zeros((2, 1), dtype=np.float32))
     assert "true_reward" in infos[0]
 
 
@@ -163,7 +167,9 @@ def test_vec_wrapper_over_vec_normalize_is_an_error():
 
 def test_vec_wrapper_over_subprocesses():
     model = fitted_model(gym.make("Pendulum-v1"))
-    venv = VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv), reward_model=model)
+    venv = VecLearnedReward(
+        make_vec_env("Pendulum-v1", n_envs=2, seed=0, vec_env_cls=SubprocVecEnv), reward_model=model
+    )
     try:
         obs = venv.reset()
         actions = np.zeros((2, 1), dtype=np.float32)

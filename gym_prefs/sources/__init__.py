@@ -8,10 +8,10 @@ from gym_prefs.sources.base import LABELS, PREFERENCE_OF, Answer, Label, Prefere
 from gym_prefs.sources.oracle import SyntheticOracle
 
 __all__ = [
-    "Answer",
-    "Label",
     "LABELS",
     "PREFERENCE_OF",
+    "Answer",
+    "Label",
     "PreferenceSource",
     "Query",
     "SyntheticOracle",
@@ -33,7 +33,9 @@ def make_source(source: str | PreferenceSource, seed: int | None = None, **kwarg
     if isinstance(source, str):
         if source == "oracle":
             return SyntheticOracle(seed=seed, **kwargs)
-        raise ValueError(f"unknown preference source {source!r}; use one of {SOURCE_NAMES} or a PreferenceSource object")
+        raise ValueError(
+            f"unknown preference source {source!r}; use one of {SOURCE_NAMES} or a PreferenceSource object"
+        )
     if not isinstance(source, PreferenceSource):
         raise TypeError(
             f"{source!r} is not a preference source: it needs request(), poll(), pending and close() "

@@ -8,7 +8,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from gym_prefs.segments import Segment
 
-__all__ = ["Label", "LABELS", "PREFERENCE_OF", "Query", "Answer", "PreferenceSource"]
+__all__ = ["LABELS", "PREFERENCE_OF", "Answer", "Label", "PreferenceSource", "Query"]
 
 #: ``"first"`` / ``"second"``: that segment is better; ``"equal"``: equally good;
 #: ``"skip"``: can't tell (the pair is dropped and never trained on).
