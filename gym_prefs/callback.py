@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -104,10 +106,11 @@ class PreferenceCallback(BaseCallback):
        for ``initial_fit_epochs``.
     2. Every ``refit_interval`` timesteps (at the next rollout boundary) it cuts segments from
        the recent steps, asks for the labels due by the schedule (pairs chosen by ensemble
-       disagreement or at random), collects whatever answers have arrived, refits the reward
-       model on all labels for ``fit_epochs``, re-normalises it on recent steps and gives it
-       to the wrappers. On-policy algorithms thus see one reward model per rollout;
-       off-policy algorithms get their replay buffer relabelled with the new model.
+       disagreement or at random) and collects whatever answers have arrived. It then hands
+       the wrappers the model fitted since the previous update (re-normalised on the labelled
+       steps) and starts fitting on all labels for ``fit_epochs`` in the background. On-policy
+       algorithms thus see one reward model per rollout; off-policy algorithms get their
+       replay buffer relabelled with each new model.
 
     Logged through SB3's logger: ``preferences/labels`` (trained-on labels),
     ``preferences/queries``, ``preferences/pending``, ``reward_model/train_loss``,
@@ -143,6 +146,10 @@ class PreferenceCallback(BaseCallback):
         initial_steps: steps of the initial policy to run before RL (``None``: enough for the
             initial pairs).
         relabel_replay_buffer: relabel an off-policy replay buffer after every refit.
+        async_fitting: fit the reward model in a background thread while the next rollout
+            runs (as in the paper, where fitting and RL run side by side). The fit started at
+            one update is always applied at the next, so seeded runs stay reproducible; the
+            agent's reward lags the newest labels by one update. ``False`` fits in place.
         seed: seed for segment sampling, bootstrap samples and the oracle.
         verbose: 0 silent, 1 a line per fit.
 
@@ -179,6 +186,7 @@ class PreferenceCallback(BaseCallback):
         max_comparisons: int | None = None,
         initial_steps: int | None = None,
         relabel_replay_buffer: bool = True,
+        async_fitting: bool = True,
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
@@ -210,6 +218,7 @@ class PreferenceCallback(BaseCallback):
         self.max_comparisons = max_comparisons
         self.initial_steps = initial_steps
         self.relabel_replay_buffer = relabel_replay_buffer
+        self.async_fitting = async_fitting
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
@@ -218,7 +227,9 @@ class PreferenceCallback(BaseCallback):
         self.last_fit: FitReport | None = None
         self.timings: dict[str, float] = {}
         self._pending_queries: dict[int, dict[str, np.ndarray]] = {}
-        self._labels_at_last_fit = 0
+        self._labels_in_fit = 0  # labels the newest started fit was given
+        self._fit: Future[FitReport] | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self._skipped = 0
         self._ep_true: deque[float] = deque(maxlen=100)
         self._ep_learned: deque[float] = deque(maxlen=100)
@@ -252,9 +263,13 @@ class PreferenceCallback(BaseCallback):
         capacity = min(self.pool_size, steps_for_bytes(obs_space, act_space, self.pool_bytes))
         self.pool = SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs))
         self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
+        # The trainer fits its own copy, so that fitting can run beside RL without ever
+        # changing the model the wrappers are predicting with.
         self.trainer = RewardTrainer(
-            self._reward_model, lr=self.learning_rate, batch_size=self.batch_size, seed=self.seed
+            self._reward_model.clone(), lr=self.learning_rate, batch_size=self.batch_size, seed=self.seed
         )
+        if self.async_fitting and self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym_prefs-fit")
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             self._check_replay_buffer(self.model)
 
@@ -316,7 +331,8 @@ class PreferenceCallback(BaseCallback):
             print(f"gym_prefs: waiting for {self.source.pending} initial labels before RL starts")
         while self._pending_queries:
             self._collect(timeout=1.0)
-        self._refit(self.initial_fit_epochs)
+        self._start_fit(self.initial_fit_epochs)
+        self._finish_fit()
 
     def _run_current_policy(self, steps: int) -> None:
         """Step the training env with the current policy, outside of RL (nothing is learned)."""
@@ -361,11 +377,15 @@ class PreferenceCallback(BaseCallback):
             self.logger.record("rollout/ep_learned_rew_mean", safe_mean(list(self._ep_learned)))
 
     def _on_training_end(self) -> None:
-        # Use the rest of the budget due by now, so the saved reward model has every label.
+        # Use the rest of the budget due by now, and leave a model fitted on every label.
         self._update()
+        self._finish_fit()
+        if len(self.comparisons) > self._labels_in_fit:
+            self._start_fit(self.fit_epochs)
+            self._finish_fit()
 
     def _update(self) -> None:
-        """Ask for the labels now due, collect answers, refit if there are new labels."""
+        """Ask for the labels now due, collect answers, apply the last fit, start the next."""
         assert self._schedule is not None
         with self._timed("bookkeeping"):
             self._drain()
@@ -373,8 +393,11 @@ class PreferenceCallback(BaseCallback):
         if due > 0:
             self._ask(due)
         self._collect(timeout=0.0)
-        if len(self.comparisons) > self._labels_at_last_fit:
-            self._refit(self.fit_epochs)
+        # The fit started at the previous update has run beside the last rollout(s): apply it
+        # now, always here (waiting for it if need be), so that runs stay reproducible.
+        self._finish_fit()
+        if len(self.comparisons) > self._labels_in_fit:
+            self._start_fit(self.fit_epochs)
         self._log_counts()
 
     def _drain(self) -> None:
@@ -442,15 +465,32 @@ class PreferenceCallback(BaseCallback):
             np.array([answer.query_id for answer, _ in usable], dtype=np.int64),
         )
 
-    def _refit(self, epochs: int) -> None:
+    def _start_fit(self, epochs: int) -> None:
+        """Fit the trainer's copy on the labels so far: in the background, or now if not async."""
         if len(self.comparisons) == 0:
             return
-        with self._timed("fitting"):
-            report = self.trainer.fit(self.comparisons, epochs)
+        # A shallow copy fixes which rows this fit sees; rows are never changed in place.
+        labels = copy.copy(self.comparisons)
+        self._labels_in_fit = len(labels)
+        if self._executor is not None:
+            self._fit = self._executor.submit(self.trainer.fit, labels, epochs)
+        else:
+            self._fit = Future()
+            with self._timed("fitting"):
+                self._fit.set_result(self.trainer.fit(labels, epochs))
+
+    def _finish_fit(self) -> None:
+        """Wait for the running fit, if any, and hand its model to the wrappers."""
+        if self._fit is None:
+            return
+        with self._timed("waiting_for_fit"):
+            report = self._fit.result()
+        self._fit = None
+        with self._timed("calibration"):
+            self.reward_model.load_state_dict(self.trainer.model.state_dict())
             recent = self.pool.recent(10_000)
             obs, actions = self._calibration_sample(10_000)
             self.reward_model.calibrate(obs, actions)
-        self._labels_at_last_fit = len(self.comparisons)
         self.num_fits += 1
         self.last_fit = report
         with self._timed("push"):
@@ -519,6 +559,9 @@ class PreferenceCallback(BaseCallback):
         breakdown = dict(self.timings)
         if hasattr(self, "_wrappers"):
             breakdown["inference"] = self._wrappers.inference_seconds()
+        if hasattr(self, "trainer"):
+            # With async_fitting this ran beside RL; "waiting_for_fit" is what RL waited.
+            breakdown["fitting"] = self.trainer.seconds
         return breakdown
 
 

@@ -23,6 +23,10 @@ class Comparisons:
     belongs to the validation split is a function of its id alone, so a pair never moves
     between the training and validation sets as more labels arrive.
 
+    Rows are never changed once written (dropping old rows moves a start offset; growing
+    copies to new arrays), so arrays read by a fit running in another thread stay valid while
+    labels are added.
+
     Args:
         observation_space: the env's observation space.
         action_space: the env's action space.
@@ -49,27 +53,28 @@ class Comparisons:
         self._actions = np.empty((0, 2, segment_length, *shape_of(action_space)), dtype=action_space.dtype)
         self._mu = np.empty(0, dtype=np.float32)
         self._ids = np.empty(0, dtype=np.int64)
-        self._size = 0
+        self._start = 0  # first live row
+        self._end = 0  # one past the last live row
         self._next_id = 0
 
     def __len__(self) -> int:
-        return self._size
+        return self._end - self._start
 
     @property
     def obs(self) -> np.ndarray:
-        return self._obs[: self._size]
+        return self._obs[self._start : self._end]
 
     @property
     def actions(self) -> np.ndarray:
-        return self._actions[: self._size]
+        return self._actions[self._start : self._end]
 
     @property
     def mu(self) -> np.ndarray:
-        return self._mu[: self._size]
+        return self._mu[self._start : self._end]
 
     @property
     def ids(self) -> np.ndarray:
-        return self._ids[: self._size]
+        return self._ids[self._start : self._end]
 
     def add(self, obs: np.ndarray, actions: np.ndarray, mu: np.ndarray, ids: np.ndarray | None = None) -> None:
         """Append pairs: ``obs`` ``[n, 2, length, ...]``, ``actions`` likewise, ``mu`` ``[n]``."""
@@ -77,35 +82,35 @@ class Comparisons:
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + count)
         self._next_id = max(self._next_id, int(np.max(ids, initial=-1)) + 1)
-        self._reserve(self._size + count)
-        end = self._size + count
-        self._obs[self._size : end] = obs
-        self._actions[self._size : end] = actions
-        self._mu[self._size : end] = mu
-        self._ids[self._size : end] = ids
-        self._size = end
-        if self.max_size is not None and self._size > self.max_size:
-            drop = self._size - self.max_size
-            for array in (self._obs, self._actions, self._mu, self._ids):
-                array[: self.max_size] = array[drop : self._size]
-            self._size = self.max_size
+        self._reserve(count)
+        end = self._end + count
+        self._obs[self._end : end] = obs
+        self._actions[self._end : end] = actions
+        self._mu[self._end : end] = mu
+        self._ids[self._end : end] = ids
+        self._end = end
+        if self.max_size is not None and len(self) > self.max_size:
+            self._start = self._end - self.max_size
 
-    def _reserve(self, needed: int) -> None:
-        capacity = len(self._mu)
-        if needed <= capacity:
+    def _reserve(self, count: int) -> None:
+        """Make room for ``count`` more rows after the last one (in new arrays if needed)."""
+        if self._end + count <= len(self._mu):
             return
-        new_capacity = max(needed, 2 * capacity, 64)
-        self._obs = _grow(self._obs, new_capacity)
-        self._actions = _grow(self._actions, new_capacity)
-        self._mu = _grow(self._mu, new_capacity)
-        self._ids = _grow(self._ids, new_capacity)
+        live = len(self)
+        capacity = max(live + count, 2 * live, 64)
+        self._obs = _moved(self._obs, self._start, self._end, capacity)
+        self._actions = _moved(self._actions, self._start, self._end, capacity)
+        self._mu = _moved(self._mu, self._start, self._end, capacity)
+        self._ids = _moved(self._ids, self._start, self._end, capacity)
+        self._start, self._end = 0, live
 
     def validation_mask(self, fraction: float) -> np.ndarray:
         """Rows in the validation split (about ``fraction`` of them, fixed per id)."""
         return ((self.ids * _HASH) % 2**32) / 2**32 < fraction
 
 
-def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
-    grown = np.empty((capacity, *array.shape[1:]), dtype=array.dtype)
-    grown[: len(array)] = array
-    return grown
+def _moved(array: np.ndarray, start: int, end: int, capacity: int) -> np.ndarray:
+    """Rows ``start:end`` of ``array`` at the top of a new array of ``capacity`` rows."""
+    moved = np.empty((capacity, *array.shape[1:]), dtype=array.dtype)
+    moved[: end - start] = array[start:end]
+    return moved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,7 @@ class RewardTrainer:
         self.l2 = torch.full((model.n_members,), float(l2), device=model.device)
         self.optimizer = torch.optim.Adam(model.net.parameters(), lr=lr)
         self.rng = np.random.default_rng(seed)
+        self.seconds = 0.0  # time spent fitting, wherever it ran
         net = model.net
         if isinstance(net, ModuleEnsemble):
             # One group of weights per member.
@@ -169,6 +171,13 @@ class RewardTrainer:
         """Train every member for ``epochs`` passes over its bootstrap sample of ``data``."""
         if len(data) == 0:
             raise ValueError("no labelled pairs to fit the reward model to")
+        start = time.perf_counter()
+        try:
+            return self._fit(data, epochs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def _fit(self, data: Comparisons, epochs: int) -> FitReport:
         model = self.model
         n = model.n_members
         model.set_input_stats(data.obs, data.actions)

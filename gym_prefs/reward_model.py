@@ -372,6 +372,11 @@ class RewardEnsemble(nn.Module):
         with open(path, "rb") as handle:
             return cls.from_bytes(handle.read(), device=device, member_factory=member_factory)
 
+    def clone(self) -> RewardEnsemble:
+        """An independent copy on the same device."""
+        factory = self._member_factory if callable(self._member_factory) else None
+        return RewardEnsemble.from_bytes(self.to_bytes(), device=self.device, member_factory=factory)
+
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickled (e.g. sent to SubprocVecEnv workers) as plain tensors, always on the CPU.
         return (RewardEnsemble.from_bytes, (self.to_bytes(),))

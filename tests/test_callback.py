@@ -240,3 +240,18 @@ def test_segment_length_defaults_to_one_and_a_half_seconds():
     prefs = PreferenceCallback("oracle", total_labels=4)
     algo.learn(256, callback=prefs)
     assert prefs.segment_length == 30
+
+
+@pytest.mark.parametrize("async_fitting", [True, False])
+def test_seeded_runs_are_reproducible(async_fitting):
+    def run():
+        env = VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+        prefs = PreferenceCallback(
+            "oracle", total_labels=30, segment_length=10, refit_interval=512, async_fitting=async_fitting, seed=0
+        )
+        make_algo(PPO, env).learn(2048, callback=prefs)
+        return prefs.reward_model.predict(np.ones((5, 3)), np.zeros((5, 1))), prefs.num_fits
+
+    (first, fits), (second, _) = run(), run()
+    assert fits >= 3
+    np.testing.assert_array_equal(first, second)

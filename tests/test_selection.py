@@ -22,7 +22,9 @@ def pool():
 
 
 def test_disagreement_picks_pairs_the_members_disagree_on(pool):
-    model = RewardEnsemble(OBS, ACT, n_members=3, seed=0)
+    # A small reward scale keeps preference probabilities away from 0 and 1, where every pair
+    # would look equally uncertain.
+    model = RewardEnsemble(OBS, ACT, n_members=3, reward_std=0.1, seed=0)
     model.fitted.fill_(True)
     model.calibrate(*[pool.recent(2000)[k] for k in ("obs", "actions")])
     rng = np.random.default_rng(1)
@@ -32,6 +34,8 @@ def test_disagreement_picks_pairs_the_members_disagree_on(pool):
     chosen_var = pair_disagreement(model, chosen["obs"], chosen["actions"]).mean()
     random_var = pair_disagreement(model, random["obs"], random["actions"]).mean()
     assert chosen_var > 1.5 * random_var
+    per_pair = pair_disagreement(model, chosen["obs"], chosen["actions"])
+    assert per_pair.min() >= np.median(pair_disagreement(model, random["obs"], random["actions"]))
 
 
 def test_unfitted_model_falls_back_to_random_pairs(pool):
