@@ -22,7 +22,9 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 import gym_prefs
 
 
-def run(env_id: str, steps: int, n_envs: int, seed: int, preferences: bool, labels: int, subproc: bool, per_env: bool) -> dict:
+def run(
+    env_id: str, steps: int, n_envs: int, seed: int, preferences: bool, labels: int, subproc: bool, per_env: bool
+) -> dict:
     vec_cls = SubprocVecEnv if subproc else None
     wrapper = gym_prefs.LearnedReward if (preferences and per_env) else None
     venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, wrapper_class=wrapper)
@@ -60,19 +62,22 @@ def main() -> None:
     for repeat in range(args.repeats):
         plain.append(run(args.env, args.steps, args.n_envs, repeat, False, args.labels, args.subproc, args.per_env))
         prefs.append(run(args.env, args.steps, args.n_envs, repeat, True, args.labels, args.subproc, args.per_env))
-        print(f"repeat {repeat}: plain {plain[-1]['seconds']:.1f} s, gym_prefs {prefs[-1]['seconds']:.1f} s", flush=True)
+        plain_s, prefs_s = plain[-1]["seconds"], prefs[-1]["seconds"]
+        print(f"repeat {repeat}: plain {plain_s:.1f} s, gym_prefs {prefs_s:.1f} s", flush=True)
     plain_s = statistics.median(r["seconds"] for r in plain)
     prefs_s = statistics.median(r["seconds"] for r in prefs)
     parts = {k: statistics.median(r["breakdown"].get(k, 0.0) for r in prefs) for k in prefs[0]["breakdown"]}
-    print(f"\n{args.env}, PPO, {args.n_envs} envs, {args.steps} steps, {args.labels} labels "
-          f"({'SubprocVecEnv' if args.subproc else 'DummyVecEnv'}, {'LearnedReward per env' if args.per_env else 'VecLearnedReward'})")
+    vec_env = "SubprocVecEnv" if args.subproc else "DummyVecEnv"
+    wrapper = "LearnedReward per env" if args.per_env else "VecLearnedReward"
+    print(f"\n{args.env}, PPO, {args.n_envs} envs, {args.steps} steps, {args.labels} labels ({vec_env}, {wrapper})")
     print(f"plain SB3: {plain_s:.1f} s   gym_prefs: {prefs_s:.1f} s   ratio: {prefs_s / plain_s:.3f}x")
     print("where the extra time goes (median seconds):")
     for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"  {name:16s} {seconds:7.2f}  ({100 * seconds / prefs_s:.1f}% of the run)")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"args": vars(args), "plain": plain, "gym_prefs": prefs, "ratio": prefs_s / plain_s}, handle, indent=2)
+            results = {"args": vars(args), "plain": plain, "gym_prefs": prefs, "ratio": prefs_s / plain_s}
+            json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":

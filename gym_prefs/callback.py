@@ -285,7 +285,8 @@ class PreferenceCallback(BaseCallback):
         elif isinstance(spec, str):
             model = RewardEnsemble.load(spec)
         elif isinstance(spec, dict):
-            model = RewardEnsemble(obs_space, act_space, **({"seed": self.seed} | spec))
+            kwargs: dict[str, Any] = {"seed": self.seed, **spec}
+            model = RewardEnsemble(obs_space, act_space, **kwargs)
         else:
             raise TypeError(f"reward_model must be a RewardEnsemble, a path, a dict or None, got {spec!r}")
         if not (spaces_match(model.observation_space, obs_space) and spaces_match(model.action_space, act_space)):

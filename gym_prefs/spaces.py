@@ -20,10 +20,10 @@ __all__ = [
     "encoded_size",
     "image_shape_chw",
     "is_image",
+    "shape_of",
     "space_from_config",
     "space_to_config",
     "spaces_match",
-    "shape_of",
 ]
 
 
