@@ -21,6 +21,8 @@ from stable_baselines3.common.vec_env import SubprocVecEnv
 
 import gym_prefs
 
+FITTING = "process"
+
 
 def run(
     env_id: str, steps: int, n_envs: int, seed: int, preferences: bool, labels: int, subproc: bool, per_env: bool
@@ -30,7 +32,9 @@ def run(
     venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, wrapper_class=wrapper)
     if preferences and not per_env:
         venv = gym_prefs.VecLearnedReward(venv)
-    callback = gym_prefs.PreferenceCallback("oracle", total_labels=labels, seed=seed) if preferences else None
+    callback = (
+        gym_prefs.PreferenceCallback("oracle", total_labels=labels, seed=seed, fitting=FITTING) if preferences else None
+    )
     model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed)
     start = time.perf_counter()
     model.learn(steps, callback=callback)
@@ -54,9 +58,12 @@ def main() -> None:
     parser.add_argument("--subproc", action="store_true", help="SubprocVecEnv instead of DummyVecEnv")
     parser.add_argument("--per-env", action="store_true", help="LearnedReward per env instead of VecLearnedReward")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--fitting", choices=("process", "thread", "inline"), default="process")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global FITTING
+    FITTING = args.fitting
 
     plain, prefs = [], []
     for repeat in range(args.repeats):
@@ -69,7 +76,10 @@ def main() -> None:
     parts = {k: statistics.median(r["breakdown"].get(k, 0.0) for r in prefs) for k in prefs[0]["breakdown"]}
     vec_env = "SubprocVecEnv" if args.subproc else "DummyVecEnv"
     wrapper = "LearnedReward per env" if args.per_env else "VecLearnedReward"
-    print(f"\n{args.env}, PPO, {args.n_envs} envs, {args.steps} steps, {args.labels} labels ({vec_env}, {wrapper})")
+    print(
+        f"\n{args.env}, PPO, {args.n_envs} envs, {args.steps} steps, {args.labels} labels "
+        f"({vec_env}, {wrapper}, fitting={args.fitting})"
+    )
     print(f"plain SB3: {plain_s:.1f} s   gym_prefs: {prefs_s:.1f} s   ratio: {prefs_s / plain_s:.3f}x")
     print("where the extra time goes (median seconds):")
     for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):

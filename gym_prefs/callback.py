@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,8 +21,9 @@ from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from gym_prefs.comparisons import Comparisons
+from gym_prefs.fit_worker import FitWorker
 from gym_prefs.fitting import FitReport, RewardTrainer
-from gym_prefs.reward_model import RewardEnsemble
+from gym_prefs.reward_model import CUSTOM_CALLABLE, RewardEnsemble
 from gym_prefs.schedules import LabelSchedule
 from gym_prefs.segments import Segment, SegmentPool, TransitionBatch, steps_for_bytes
 from gym_prefs.selection import SELECTION_METHODS, select_pairs
@@ -35,6 +37,40 @@ __all__ = ["PreferenceCallback"]
 SEGMENT_SECONDS = 1.5
 #: Segment length when the env does not say how long a step takes (the paper's Atari clips).
 DEFAULT_SEGMENT_LENGTH = 25
+#: Where the reward model can be fitted (see ``PreferenceCallback(fitting=...)``).
+FITTING_MODES = ("process", "thread", "inline")
+
+
+class _InProcessFitter:
+    """A :class:`RewardTrainer` run in a background thread, or in place."""
+
+    def __init__(self, trainer: RewardTrainer, background: bool) -> None:
+        self.trainer = trainer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym_prefs-fit") if background else None
+        self._future: Future[FitReport] | None = None
+
+    @property
+    def seconds(self) -> float:
+        return self.trainer.seconds
+
+    def start(self, data: Comparisons, epochs: int) -> None:
+        # A shallow copy fixes which rows this fit sees; rows are never changed in place.
+        snapshot = copy.copy(data)
+        if self._executor is not None:
+            self._future = self._executor.submit(self.trainer.fit, snapshot, epochs)
+        else:
+            self._future = Future()
+            self._future.set_result(self.trainer.fit(snapshot, epochs))
+
+    def result(self) -> tuple[dict[str, Any], FitReport]:
+        assert self._future is not None
+        report = self._future.result()
+        self._future = None
+        return self.trainer.model.state_dict(), report
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 class _RewardWrappers:
@@ -146,10 +182,13 @@ class PreferenceCallback(BaseCallback):
         initial_steps: steps of the initial policy to run before RL (``None``: enough for the
             initial pairs).
         relabel_replay_buffer: relabel an off-policy replay buffer after every refit.
-        async_fitting: fit the reward model in a background thread while the next rollout
-            runs (as in the paper, where fitting and RL run side by side). The fit started at
-            one update is always applied at the next, so seeded runs stay reproducible; the
-            agent's reward lags the newest labels by one update. ``False`` fits in place.
+        fitting: where the reward model is fitted. ``"process"`` (default): in a worker
+            process while the next rollout runs, as in the paper, where fitting and RL run
+            side by side; ``"thread"``: in a background thread (shares the interpreter lock
+            with RL); ``"inline"``: in place, RL waits. In the background modes the fit started
+            at one update is always applied at the next, so seeded runs are reproducible and
+            all three modes give the same models; the agent's reward lags the newest labels by
+            one update.
         seed: seed for segment sampling, bootstrap samples and the oracle.
         verbose: 0 silent, 1 a line per fit.
 
@@ -186,7 +225,7 @@ class PreferenceCallback(BaseCallback):
         max_comparisons: int | None = None,
         initial_steps: int | None = None,
         relabel_replay_buffer: bool = True,
-        async_fitting: bool = True,
+        fitting: str = "process",
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
@@ -218,7 +257,9 @@ class PreferenceCallback(BaseCallback):
         self.max_comparisons = max_comparisons
         self.initial_steps = initial_steps
         self.relabel_replay_buffer = relabel_replay_buffer
-        self.async_fitting = async_fitting
+        if fitting not in FITTING_MODES:
+            raise ValueError(f"fitting must be one of {FITTING_MODES}, got {fitting!r}")
+        self.fitting = fitting
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
@@ -227,9 +268,9 @@ class PreferenceCallback(BaseCallback):
         self.last_fit: FitReport | None = None
         self.timings: dict[str, float] = {}
         self._pending_queries: dict[int, dict[str, np.ndarray]] = {}
-        self._labels_in_fit = 0  # labels the newest started fit was given
-        self._fit: Future[FitReport] | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._ids_in_fit = 0  # labels with smaller ids were given to the newest fit
+        self._fitting_now = False
+        self._fitter: FitWorker | _InProcessFitter | None = None
         self._skipped = 0
         self._ep_true: deque[float] = deque(maxlen=100)
         self._ep_learned: deque[float] = deque(maxlen=100)
@@ -252,26 +293,41 @@ class PreferenceCallback(BaseCallback):
 
     # ------------------------------------------------------------------ set-up
     def _init_callback(self) -> None:
+        # SB3 calls this at every learn(): labels, model and trainer carry over between calls.
         venv = self.training_env
         self._wrappers = _RewardWrappers(venv)
         obs_space, act_space = self._wrappers.spaces()
-        self._reward_model = self._build_reward_model(obs_space, act_space)
+        if self._reward_model is None:
+            self._reward_model = self._build_reward_model(obs_space, act_space)
+            if self.segment_length is None:
+                self.segment_length = _segment_length_from_dt(venv)
+            self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
+            self._fitter = self._make_fitter(self._reward_model)
+            weakref.finalize(self, self._fitter.close)
+        else:
+            _check_same_spaces(self._reward_model, obs_space, act_space)
         self._wrappers.push(self._reward_model)
-        if self.segment_length is None:
-            self.segment_length = _segment_length_from_dt(venv)
-        n_envs = venv.num_envs
-        capacity = min(self.pool_size, steps_for_bytes(obs_space, act_space, self.pool_bytes))
-        self.pool = SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs))
-        self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
-        # The trainer fits its own copy, so that fitting can run beside RL without ever
-        # changing the model the wrappers are predicting with.
-        self.trainer = RewardTrainer(
-            self._reward_model.clone(), lr=self.learning_rate, batch_size=self.batch_size, seed=self.seed
-        )
-        if self.async_fitting and self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym_prefs-fit")
+        if getattr(self, "_pool_env", None) is not venv:
+            n_envs = venv.num_envs
+            capacity = min(self.pool_size, steps_for_bytes(obs_space, act_space, self.pool_bytes))
+            self.pool = SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs))
+            self._pool_env = venv
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             self._check_replay_buffer(self.model)
+
+    def _make_fitter(self, model: RewardEnsemble) -> FitWorker | _InProcessFitter:
+        """The fitter works on its own copy, so it never changes the model being predicted with."""
+        trainer_kwargs: dict[str, Any] = {"lr": self.learning_rate, "batch_size": self.batch_size, "seed": self.seed}
+        if self.fitting == "process" and model.factory_path != CUSTOM_CALLABLE:
+            assert self.segment_length is not None
+            return FitWorker(model, self.segment_length, self.max_comparisons, trainer_kwargs)
+        # A member factory without an import path cannot be rebuilt in another process.
+        return _InProcessFitter(RewardTrainer(model.clone(), **trainer_kwargs), background=self.fitting != "inline")
+
+    def close(self) -> None:
+        """Stop the fitting process or thread (also done when the callback is garbage collected)."""
+        if self._fitter is not None:
+            self._fitter.close()
 
     def _build_reward_model(self, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> RewardEnsemble:
         spec = self._reward_model_spec
@@ -289,12 +345,7 @@ class PreferenceCallback(BaseCallback):
             model = RewardEnsemble(obs_space, act_space, **kwargs)
         else:
             raise TypeError(f"reward_model must be a RewardEnsemble, a path, a dict or None, got {spec!r}")
-        if not (spaces_match(model.observation_space, obs_space) and spaces_match(model.action_space, act_space)):
-            raise ValueError(
-                f"the reward model reads observations {model.observation_space} and actions "
-                f"{model.action_space}, but the training env has {obs_space} and "
-                f"{act_space}; use a reward model made for this env"
-            )
+        _check_same_spaces(model, obs_space, act_space)
         return model
 
     def _check_replay_buffer(self, algo: OffPolicyAlgorithm) -> None:
@@ -381,7 +432,7 @@ class PreferenceCallback(BaseCallback):
         # Use the rest of the budget due by now, and leave a model fitted on every label.
         self._update()
         self._finish_fit()
-        if len(self.comparisons) > self._labels_in_fit:
+        if self.comparisons.next_id > self._ids_in_fit:
             self._start_fit(self.fit_epochs)
             self._finish_fit()
 
@@ -397,7 +448,7 @@ class PreferenceCallback(BaseCallback):
         # The fit started at the previous update has run beside the last rollout(s): apply it
         # now, always here (waiting for it if need be), so that runs stay reproducible.
         self._finish_fit()
-        if len(self.comparisons) > self._labels_in_fit:
+        if self.comparisons.next_id > self._ids_in_fit:
             self._start_fit(self.fit_epochs)
         self._log_counts()
 
@@ -467,28 +518,25 @@ class PreferenceCallback(BaseCallback):
         )
 
     def _start_fit(self, epochs: int) -> None:
-        """Fit the trainer's copy on the labels so far: in the background, or now if not async."""
+        """Start fitting on every label so far (in the background unless ``fitting="inline"``)."""
         if len(self.comparisons) == 0:
             return
-        # A shallow copy fixes which rows this fit sees; rows are never changed in place.
-        labels = copy.copy(self.comparisons)
-        self._labels_in_fit = len(labels)
-        if self._executor is not None:
-            self._fit = self._executor.submit(self.trainer.fit, labels, epochs)
-        else:
-            self._fit = Future()
-            with self._timed("fitting"):
-                self._fit.set_result(self.trainer.fit(labels, epochs))
+        assert self._fitter is not None
+        self._ids_in_fit = self.comparisons.next_id
+        with self._timed("fitting_handover"):
+            self._fitter.start(self.comparisons, epochs)
+        self._fitting_now = True
 
     def _finish_fit(self) -> None:
         """Wait for the running fit, if any, and hand its model to the wrappers."""
-        if self._fit is None:
+        if not self._fitting_now:
             return
+        assert self._fitter is not None
         with self._timed("waiting_for_fit"):
-            report = self._fit.result()
-        self._fit = None
+            state, report = self._fitter.result()
+        self._fitting_now = False
         with self._timed("calibration"):
-            self.reward_model.load_state_dict(self.trainer.model.state_dict())
+            self.reward_model.load_state_dict(state)
             recent = self.pool.recent(10_000)
             obs, actions = self._calibration_sample(10_000)
             self.reward_model.calibrate(obs, actions)
@@ -560,10 +608,19 @@ class PreferenceCallback(BaseCallback):
         breakdown = dict(self.timings)
         if hasattr(self, "_wrappers"):
             breakdown["inference"] = self._wrappers.inference_seconds()
-        if hasattr(self, "trainer"):
-            # With async_fitting this ran beside RL; "waiting_for_fit" is what RL waited.
-            breakdown["fitting"] = self.trainer.seconds
+        if self._fitter is not None:
+            # Unless fitting="inline" this ran beside RL; "waiting_for_fit" is what RL waited.
+            breakdown["fitting"] = self._fitter.seconds
         return breakdown
+
+
+def _check_same_spaces(model: RewardEnsemble, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> None:
+    if not (spaces_match(model.observation_space, obs_space) and spaces_match(model.action_space, act_space)):
+        raise ValueError(
+            f"the reward model reads observations {model.observation_space} and actions "
+            f"{model.action_space}, but the training env has {obs_space} and "
+            f"{act_space}; use a reward model made for this env"
+        )
 
 
 def _segment_length_from_dt(venv: VecEnv) -> int:

@@ -61,6 +61,11 @@ class Comparisons:
         return self._end - self._start
 
     @property
+    def next_id(self) -> int:
+        """The id the next added pair gets (ids only grow)."""
+        return self._next_id
+
+    @property
     def obs(self) -> np.ndarray:
         return self._obs[self._start : self._end]
 

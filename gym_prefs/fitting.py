@@ -148,22 +148,27 @@ class RewardTrainer:
 
     @torch.no_grad()
     def evaluate(self, data: Comparisons, rows: np.ndarray) -> tuple[np.ndarray, float]:
-        """Per-member loss ``[n]`` and ensemble accuracy on ``rows`` of ``data`` (eval mode)."""
+        """Per-member loss ``[n]`` and ensemble accuracy on ``rows`` of ``data`` (eval mode).
+
+        Every member reads the same pairs, so they go through the ensemble once, shared.
+        """
         self.model.eval()
-        losses, correct, clear = [], 0, 0
         n = self.model.n_members
+        losses = torch.zeros(n, device=self.model.device)
+        correct = clear = 0
         for start in range(0, len(rows), 256):
             chunk = rows[start : start + 256]
-            obs = np.broadcast_to(data.obs[chunk], (n, *data.obs[chunk].shape))
-            act = np.broadcast_to(data.actions[chunk], (n, *data.actions[chunk].shape))
-            returns = self.model.normalise(self._segment_returns(obs, act).reshape(n, -1)).reshape(n, -1, 2)
+            obs_t, act_t = self.model.preprocess(data.obs[chunk], data.actions[chunk])
+            count, length = obs_t.shape[0], obs_t.shape[2]
+            raw = self.model.raw_members(obs_t.flatten(0, 2), act_t.flatten(0, 2))
+            returns = raw.reshape(n, count, 2, length).sum(-1)
             mu = torch.as_tensor(data.mu[chunk], device=self.model.device)
-            losses.append(self._loss(returns, mu.expand(n, -1)) * len(chunk))
+            losses += self._loss(returns, mu.expand(n, -1)) * count
             prefer_first = (returns[..., 0] - returns[..., 1]).mean(0) > 0
             is_clear = mu != 0.5
             correct += int((prefer_first == (mu > 0.5))[is_clear].sum())
             clear += int(is_clear.sum())
-        loss = (torch.stack(losses).sum(0) / max(1, len(rows))).cpu().numpy()
+        loss = (losses / max(1, len(rows))).cpu().numpy()
         return loss, correct / clear if clear else float("nan")
 
     # ------------------------------------------------------------------ fitting

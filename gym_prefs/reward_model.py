@@ -13,7 +13,14 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from gym_prefs.networks import EnsembleCNN, EnsembleMLP, MemberFactory, ModuleEnsemble
+from gym_prefs.networks import (
+    LEAKY_SLOPE,
+    EnsembleCNN,
+    EnsembleLinear,
+    EnsembleMLP,
+    MemberFactory,
+    ModuleEnsemble,
+)
 from gym_prefs.spaces import (
     check_space,
     encode,
@@ -143,6 +150,19 @@ class RewardEnsemble(nn.Module):
         self.to(device)
         # Evaluation mode unless a trainer is fitting: predictions never see dropout.
         self.eval()
+        self._reset_fold()
+
+    def _reset_fold(self) -> None:
+        self._fold_sources = [*self.parameters(), *self.buffers()]
+        self._folded: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._folded_key: tuple[int, ...] = ()
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> RewardEnsemble:
+        # .to(device) and friends may replace tensors: fold from the new ones.
+        result = super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "_fold_sources"):
+            self._reset_fold()
+        return result
 
     def _build_seeded(self, seed: int | None) -> nn.Module:
         """Build the networks, drawing initial weights from ``seed`` without touching torch's global RNG."""
@@ -156,6 +176,7 @@ class RewardEnsemble(nn.Module):
         """Draw fresh initial weights (from ``seed``) and forget any fit and normalisation."""
         device = self.device
         self.net = self._build_seeded(seed).to(device)
+        self._reset_fold()
         for name in ("obs_mean", "act_mean", "offset"):
             getattr(self, name).zero_()
         for name in ("obs_std", "act_std", "scale"):
@@ -274,8 +295,49 @@ class RewardEnsemble(nn.Module):
         obs, act, lead = self._flatten(obs, act)
         if not self.is_fitted:
             return np.zeros(lead, dtype=np.float32)
+        if isinstance(self.net, EnsembleMLP) and len(obs) <= batch_size:
+            return self._predict_folded(obs, act).reshape(lead)
         rewards = self._predict_tensor(obs, act, batch_size).mean(dim=0)
         return rewards.cpu().numpy().reshape(lead)
+
+    # The per-step path: with the input standardisation folded into the first layer and each
+    # member's normalisation into the last, a prediction is a handful of batched matrix
+    # products. The folded weights are rebuilt whenever a weight or buffer changed in place
+    # (torch counts such changes in each tensor's ``_version``).
+    def _fold_key(self) -> tuple[int, ...]:
+        return tuple(t._version for t in self._fold_sources)
+
+    @torch.inference_mode()
+    def _fold(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        net = self.net
+        assert isinstance(net, EnsembleMLP)
+        mean = torch.cat([self.obs_mean, self.act_mean])
+        std = torch.cat([self.obs_std, self.act_std])
+        linears = [layer for layer in net.hidden if isinstance(layer, EnsembleLinear)]
+        first = linears[0]
+        weight = first.weight / std[None, :, None]
+        bias = first.bias - torch.matmul((mean / std)[None, None, :], first.weight)
+        layers = [(weight, bias)]
+        layers += [(layer.weight, layer.bias) for layer in linears[1:]]
+        scale = self.scale[:, None, None]
+        layers.append((net.out.weight * scale, (net.out.bias - self.offset[:, None, None]) * scale))
+        return layers
+
+    @torch.inference_mode()
+    def _predict_folded(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        key = self._fold_key()
+        if key != self._folded_key:
+            self._folded, self._folded_key = self._fold(), key
+        x = encode(self.observation_space, obs)
+        if self.use_actions:
+            x = np.concatenate([x, encode(self.action_space, act)], axis=1)
+        h = torch.as_tensor(x, device=self.device)
+        (weight, bias), *rest, (out_weight, out_bias) = self._folded
+        h = torch.nn.functional.leaky_relu(torch.matmul(h, weight) + bias, LEAKY_SLOPE)
+        for weight, bias in rest:
+            h = torch.nn.functional.leaky_relu(torch.baddbmm(bias, h, weight), LEAKY_SLOPE)
+        rewards = torch.baddbmm(out_bias, h, out_weight).mean(dim=0)
+        return rewards.reshape(-1).cpu().numpy()
 
     @torch.inference_mode()
     def calibrate(self, obs: np.ndarray, act: np.ndarray) -> None:
@@ -342,10 +404,19 @@ class RewardEnsemble(nn.Module):
             space_from_config(config.pop("action_space")),
             member_factory=factory,
             device=device,
+            # Any seed: the weights are replaced below, and a seeded build leaves torch's
+            # global random numbers (which the RL algorithm draws from) untouched.
+            seed=0,
             **config,
         )
         model.load_state_dict(payload["state"])
         return model
+
+    @staticmethod
+    def state_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+        """Just the weights and normalisation of a :meth:`to_bytes` payload."""
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        return payload["state"]
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model to ``path`` (atomically: a crash never leaves half a file)."""

@@ -171,3 +171,20 @@ def test_seeded_models_are_identical_and_reset_parameters_reseeds():
     assert torch.equal(torch.random.get_rng_state(), state_before)  # the global RNG is untouched
     for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("use_actions", [False, True])
+@pytest.mark.parametrize("act_space", [BOX_ACT, spaces.Discrete(3)])
+def test_fast_prediction_path_matches_the_members_and_follows_weight_changes(use_actions, act_space):
+    model = fitted(RewardEnsemble(VEC_OBS, act_space, use_actions=use_actions, seed=0))
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, 5)).astype(np.float32)
+    act = np.stack([act_space.sample() for _ in range(64)])
+    model.set_input_stats(obs * 3 + 1, act)
+    model.calibrate(obs, act)
+    for _ in range(2):
+        fast = model.predict(obs[:7], act[:7])
+        np.testing.assert_allclose(fast, model.predict_members(obs[:7], act[:7]).mean(0), rtol=1e-4, atol=1e-5)
+        with torch.no_grad():  # a weight changed in place (as a trainer would) must be seen
+            next(model.net.parameters()).add_(0.1)
+        model.calibrate(obs, act)
