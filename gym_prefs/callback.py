@@ -48,6 +48,7 @@ class _InProcessFitter:
         self.trainer = trainer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gym_prefs-fit") if background else None
         self._future: Future[FitReport] | None = None
+        self._job: tuple[Comparisons, int] | None = None
 
     @property
     def seconds(self) -> float:
@@ -55,16 +56,14 @@ class _InProcessFitter:
 
     def start(self, data: Comparisons, epochs: int) -> None:
         # A shallow copy fixes which rows this fit sees; rows are never changed in place.
-        snapshot = copy.copy(data)
+        self._job = (copy.copy(data), epochs)
         if self._executor is not None:
-            self._future = self._executor.submit(self.trainer.fit, snapshot, epochs)
-        else:
-            self._future = Future()
-            self._future.set_result(self.trainer.fit(snapshot, epochs))
+            self._future = self._executor.submit(self.trainer.fit, *self._job)
 
     def result(self) -> tuple[dict[str, Any], FitReport]:
-        assert self._future is not None
-        report = self._future.result()
+        # In place, the fit runs here, while the caller waits for it.
+        assert self._job is not None
+        report = self._future.result() if self._future is not None else self.trainer.fit(*self._job)
         self._future = None
         return self.trainer.model.state_dict(), report
 
@@ -271,6 +270,7 @@ class PreferenceCallback(BaseCallback):
         self._ids_in_fit = 0  # labels with smaller ids were given to the newest fit
         self._fitting_now = False
         self._fitter: FitWorker | _InProcessFitter | None = None
+        self._worker: FitWorker | None = None
         self._skipped = 0
         self._ep_true: deque[float] = deque(maxlen=100)
         self._ep_learned: deque[float] = deque(maxlen=100)
@@ -302,8 +302,7 @@ class PreferenceCallback(BaseCallback):
             if self.segment_length is None:
                 self.segment_length = _segment_length_from_dt(venv)
             self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
-            self._fitter = self._make_fitter(self._reward_model)
-            weakref.finalize(self, self._fitter.close)
+            self._make_fitters(self._reward_model)
         else:
             _check_same_spaces(self._reward_model, obs_space, act_space)
         self._wrappers.push(self._reward_model)
@@ -315,19 +314,24 @@ class PreferenceCallback(BaseCallback):
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             self._check_replay_buffer(self.model)
 
-    def _make_fitter(self, model: RewardEnsemble) -> FitWorker | _InProcessFitter:
-        """The fitter works on its own copy, so it never changes the model being predicted with."""
+    def _make_fitters(self, model: RewardEnsemble) -> None:
+        """Set up fitting on a copy of ``model``, so the model being predicted with never changes mid-fit.
+
+        In ``"process"`` mode the worker process starts now and imports torch while the first
+        fit (which RL waits for anyway) runs here; the worker then continues from this trainer.
+        """
         trainer_kwargs: dict[str, Any] = {"lr": self.learning_rate, "batch_size": self.batch_size, "seed": self.seed}
-        if self.fitting == "process" and model.factory_path != CUSTOM_CALLABLE:
-            assert self.segment_length is not None
-            return FitWorker(model, self.segment_length, self.max_comparisons, trainer_kwargs)
+        trainer = RewardTrainer(model.clone(), **trainer_kwargs)
+        self._fitter = _InProcessFitter(trainer, background=self.fitting == "thread")
         # A member factory without an import path cannot be rebuilt in another process.
-        return _InProcessFitter(RewardTrainer(model.clone(), **trainer_kwargs), background=self.fitting != "inline")
+        if self.fitting == "process" and model.factory_path != CUSTOM_CALLABLE:
+            with self._timed("fitting_startup"):
+                self._worker = FitWorker()
+        weakref.finalize(self, _close_all, [self._fitter, self._worker])
 
     def close(self) -> None:
         """Stop the fitting process or thread (also done when the callback is garbage collected)."""
-        if self._fitter is not None:
-            self._fitter.close()
+        _close_all([self._fitter, self._worker])
 
     def _build_reward_model(self, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> RewardEnsemble:
         spec = self._reward_model_spec
@@ -522,6 +526,11 @@ class PreferenceCallback(BaseCallback):
         if len(self.comparisons) == 0:
             return
         assert self._fitter is not None
+        if isinstance(self._fitter, _InProcessFitter) and self._worker is not None and self.num_fits > 0:
+            assert self.segment_length is not None
+            with self._timed("fitting_handover"):
+                self._worker.load(self._fitter.trainer, self.segment_length, self.max_comparisons)
+            self._fitter = self._worker
         self._ids_in_fit = self.comparisons.next_id
         with self._timed("fitting_handover"):
             self._fitter.start(self.comparisons, epochs)
@@ -612,6 +621,12 @@ class PreferenceCallback(BaseCallback):
             # Unless fitting="inline" this ran beside RL; "waiting_for_fit" is what RL waited.
             breakdown["fitting"] = self._fitter.seconds
         return breakdown
+
+
+def _close_all(fitters: list[FitWorker | _InProcessFitter | None]) -> None:
+    for fitter in fitters:
+        if fitter is not None:
+            fitter.close()
 
 
 def _check_same_spaces(model: RewardEnsemble, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> None:

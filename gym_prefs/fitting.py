@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +110,27 @@ class RewardTrainer:
         else:
             # A single group of stacked weights, member m in slice m of the first axis.
             self._l2_groups = [_weights(net)]
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the model that the next fit depends on.
+
+        That is the optimiser state, the L2 coefficients and the random-number state, as plain
+        values and tensors.
+        """
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "l2": self.l2.detach().cpu(),
+            "rng": self.rng.bit_generator.state,
+            "seconds": self.seconds,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (of a trainer of the same model architecture)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.l2 = state["l2"].to(self.model.device)
+        self.rng.bit_generator.state = state["rng"]
+        self.seconds = float(state["seconds"])
 
     # ------------------------------------------------------------------ pieces
     def _segment_returns(self, obs: np.ndarray, actions: np.ndarray) -> torch.Tensor:

@@ -220,16 +220,17 @@ class VecLearnedReward(VecEnvWrapper):
         self._true_returns += true_rewards
         self._learned_returns += learned
         self._lengths += 1
-        for i, info in enumerate(infos):
-            info["true_reward"] = float(true_rewards[i])
-            if dones[i]:
-                info["episode_returns"] = _episode_info(
+        for info, true_reward in zip(infos, true_rewards.tolist(), strict=True):
+            info["true_reward"] = true_reward
+        if dones.any():
+            for i in np.flatnonzero(dones):
+                infos[i]["episode_returns"] = _episode_info(
                     float(self._true_returns[i]), float(self._learned_returns[i]), int(self._lengths[i])
                 )
-        self.recorder.end_episodes(dones)
-        self._true_returns[dones] = 0.0
-        self._learned_returns[dones] = 0.0
-        self._lengths[dones] = 0
+            self.recorder.end_episodes(dones)
+            self._true_returns[dones] = 0.0
+            self._learned_returns[dones] = 0.0
+            self._lengths[dones] = 0
         # After an episode end the returned observation is already the next episode's first.
         self._last_obs = np.asarray(obs)
         return obs, learned.astype(np.float32), dones, infos
