@@ -18,7 +18,8 @@ def labels(n: int, seed: int = 0) -> Comparisons:
     rng = np.random.default_rng(seed)
     obs = rng.uniform(-1, 1, (n, 2, 5, 3)).astype(np.float32)
     data = Comparisons(OBS, ACT, 5)
-    data.add(obs, np.zeros((n, 2, 5, 1), np.float32), (obs[:, 0, :, 0].sum(1) > obs[:, 1, :, 0].sum(1)).astype(np.float32))
+    first_better = obs[:, 0, :, 0].sum(1) > obs[:, 1, :, 0].sum(1)
+    data.add(obs, np.zeros((n, 2, 5, 1), np.float32), first_better.astype(np.float32))
     return data
 
 
@@ -49,7 +50,7 @@ def test_a_worker_that_dies_gives_a_clear_error():
     worker.load(RewardTrainer(RewardEnsemble(OBS, ACT)), segment_length=5, max_comparisons=None)
     worker._process.kill()
     worker._process.wait()
-    with pytest.raises(RuntimeError, match="fitting process exited unexpectedly.*fitting='thread'"):
+    with pytest.raises(RuntimeError, match=r"fitting process exited unexpectedly.*fitting='thread'"):
         worker.start(labels(10), 1)
         worker.result()
     worker.close()
