@@ -4,9 +4,13 @@ Example:
     >>> import gymnasium as gym
     >>> from stable_baselines3 import PPO
     >>> import gym_prefs
+    >>> import tempfile
     >>> env = gym_prefs.LearnedReward(gym.make("Pendulum-v1"))
     >>> model = PPO("MlpPolicy", env, n_steps=256)
-    >>> _ = model.learn(1024, callback=gym_prefs.PreferenceCallback("oracle", total_labels=20))
+    >>> store = tempfile.mkdtemp() + "/preferences.db"
+    >>> callback = gym_prefs.PreferenceCallback("oracle", total_labels=20, store=store)
+    >>> _ = model.learn(1024, callback=callback)
+    gym_prefs: labels are stored in .../preferences.db
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from gym_prefs.schedules import LabelSchedule
 from gym_prefs.segments import Segment
 from gym_prefs.sources import Answer, Label, PreferenceSource, Query, SyntheticOracle
 from gym_prefs.spaces import UnsupportedSpaceError
+from gym_prefs.store import PreferenceStore, StoreError
 from gym_prefs.wrappers import LearnedReward, VecLearnedReward
 
 __version__ = "0.1.0"
@@ -32,10 +37,12 @@ __all__ = [
     "LearnedReward",
     "PreferenceCallback",
     "PreferenceSource",
+    "PreferenceStore",
     "Query",
     "RewardEnsemble",
     "RewardTrainer",
     "Segment",
+    "StoreError",
     "SyntheticOracle",
     "UnsupportedSpaceError",
     "VecLearnedReward",

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,7 @@ from gym_prefs.segments import Segment, SegmentPool, TransitionBatch, steps_for_
 from gym_prefs.selection import SELECTION_METHODS, select_pairs
 from gym_prefs.sources import PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
 from gym_prefs.spaces import shape_of, spaces_match
+from gym_prefs.store import PreferenceStore, StoreError
 from gym_prefs.wrappers import LearnedReward, VecLearnedReward
 
 __all__ = ["PreferenceCallback"]
@@ -174,6 +177,12 @@ class PreferenceCallback(BaseCallback):
         reward_model: a :class:`~gym_prefs.RewardEnsemble`, a path to a saved one, a dict of
             :class:`~gym_prefs.RewardEnsemble` keyword arguments, or ``None`` to use the
             wrappers' model.
+        store: the :class:`~gym_prefs.PreferenceStore` (or its path) that every query and
+            answer is committed to. ``None`` puts ``preferences.db`` beside SB3's logs when
+            they go to a folder, else under ``runs/ENV-TIME/``; the path is printed. A run
+            started on a store with labels continues: it keeps every label, asks only what the
+            budget has left, re-asks pending queries and refits before RL resumes. The reward
+            model is saved beside the store (``*.reward_model.pt``) after every refit.
         pool_size: most recent steps (over all envs) that segments are cut from.
         pool_bytes: memory cap of that pool; image observations get fewer steps.
         max_comparisons: fit on the newest this many labels only (``None``: all; the
@@ -195,10 +204,13 @@ class PreferenceCallback(BaseCallback):
         >>> import gymnasium as gym
         >>> from stable_baselines3 import PPO
         >>> import gym_prefs
+        >>> import tempfile
         >>> env = gym_prefs.LearnedReward(gym.make("Pendulum-v1"))
         >>> model = PPO("MlpPolicy", env, n_steps=256, seed=0)
-        >>> callback = gym_prefs.PreferenceCallback("oracle", total_labels=20, seed=0)
+        >>> store = tempfile.mkdtemp() + "/preferences.db"
+        >>> callback = gym_prefs.PreferenceCallback("oracle", total_labels=20, store=store, seed=0)
         >>> _ = model.learn(1024, callback=callback)
+        gym_prefs: labels are stored in .../preferences.db
         >>> callback.num_labels
         20
     """
@@ -219,6 +231,7 @@ class PreferenceCallback(BaseCallback):
         batch_size: int = 64,
         learning_rate: float = 1e-3,
         reward_model: RewardEnsemble | str | dict[str, Any] | None = None,
+        store: str | os.PathLike[str] | PreferenceStore | None = None,
         pool_size: int = 50_000,
         pool_bytes: int = 512 * 2**20,
         max_comparisons: int | None = None,
@@ -251,6 +264,8 @@ class PreferenceCallback(BaseCallback):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self._reward_model_spec = reward_model
+        self._store_spec = store
+        self.store: PreferenceStore | None = None
         self.pool_size = pool_size
         self.pool_bytes = pool_bytes
         self.max_comparisons = max_comparisons
@@ -288,8 +303,8 @@ class PreferenceCallback(BaseCallback):
 
     @property
     def num_labels(self) -> int:
-        """Labels collected so far that the reward model trains on (not "can't tell")."""
-        return len(self.comparisons) if hasattr(self, "comparisons") else 0
+        """Labels in the store so far (answers other than "can't tell"), this run's and earlier ones."""
+        return len(self.store) if self.store is not None else 0
 
     # ------------------------------------------------------------------ set-up
     def _init_callback(self) -> None:
@@ -302,6 +317,7 @@ class PreferenceCallback(BaseCallback):
             if self.segment_length is None:
                 self.segment_length = _segment_length_from_dt(venv)
             self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
+            self._open_store(venv, obs_space, act_space)
             self._make_fitters(self._reward_model)
         else:
             _check_same_spaces(self._reward_model, obs_space, act_space)
@@ -313,6 +329,52 @@ class PreferenceCallback(BaseCallback):
             self._pool_env = venv
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             self._check_replay_buffer(self.model)
+
+    def _open_store(self, venv: VecEnv, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> None:
+        """Open (or create) the store and take over everything an earlier run left in it."""
+        assert self.segment_length is not None
+        env_id = _env_id(venv)
+        spec = self._store_spec
+        if isinstance(spec, PreferenceStore):
+            store = spec
+            _check_same_spaces_store(store, obs_space, act_space, self.segment_length)
+        else:
+            path = Path(spec) if spec is not None else self._default_store_path(env_id)
+            store = PreferenceStore(path, obs_space, act_space, self.segment_length, env_id=env_id)
+        self.store = store
+        counts = store.counts()
+        print(
+            f"gym_prefs: labels are stored in {store.path}"
+            + (
+                f" (continuing with {len(store)} labels, {counts['pending']} queries pending)"
+                if counts["queries"]
+                else ""
+            )
+        )
+        self.num_queries = counts["queries"]
+        self._skipped = counts["skipped"]
+        if len(store):
+            pairs = store.labelled_pairs(last=self.max_comparisons)
+            self.comparisons.add(pairs.obs, pairs.actions, pairs.mu, pairs.query_ids)
+        pending = store.pending_queries()
+        if pending:
+            # Asked before the last run stopped and never answered: ask again (not counted twice).
+            for query in pending:
+                self._pending_queries[query.id] = _pair_of(query)
+            self.source.request(pending)
+
+    def _default_store_path(self, env_id: str | None) -> Path:
+        """Beside SB3's logs when they go to a folder, else under ``runs/`` by env and time."""
+        log_dir = self.logger.get_dir() if self.logger is not None else None
+        if log_dir:
+            return Path(log_dir) / "preferences.db"
+        name = (env_id or "env").replace("/", "_")
+        return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" / "preferences.db"
+
+    @property
+    def reward_model_path(self) -> Path | None:
+        """Where the reward model is saved after every refit: beside the store."""
+        return self.store.path.with_suffix(".reward_model.pt") if self.store is not None else None
 
     def _make_fitters(self, model: RewardEnsemble) -> None:
         """Set up fitting on a copy of ``model``, so the model being predicted with never changes mid-fit.
@@ -330,8 +392,10 @@ class PreferenceCallback(BaseCallback):
         weakref.finalize(self, _close_all, [self._fitter, self._worker])
 
     def close(self) -> None:
-        """Stop the fitting process or thread (also done when the callback is garbage collected)."""
+        """Stop the fitting process or thread and close the store (also done at garbage collection)."""
         _close_all([self._fitter, self._worker])
+        if self.store is not None and self._store_spec is not self.store:
+            self.store.close()
 
     def _build_reward_model(self, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> RewardEnsemble:
         spec = self._reward_model_spec
@@ -372,6 +436,13 @@ class PreferenceCallback(BaseCallback):
         self._next_update = self.num_timesteps + self._interval
         if self.num_queries < self._schedule.initial:
             self._initial_phase(self._schedule.initial - self.num_queries)
+        elif self.num_fits == 0 and (self._pending_queries or len(self.comparisons)):
+            # Resuming on a store: collect what is pending, then refit on every stored label
+            # before RL goes on.
+            while self._pending_queries and self.source.pending:
+                self._collect(timeout=1.0)
+            self._start_fit(self.initial_fit_epochs)
+            self._finish_fit()
 
     def _initial_phase(self, count: int) -> None:
         """Label pairs from the initial policy and fit before RL starts (waits for answers)."""
@@ -481,9 +552,12 @@ class PreferenceCallback(BaseCallback):
                 self.rng,
                 self.candidates_factor,
             )
+        assert self.store is not None
+        with self._timed("store"):
+            # The queries exist on disk before anyone is asked.
+            ids = self.store.add_queries(pairs, source=_source_name(self.source), timestep=self.num_timesteps)
         queries = []
-        for i in range(count):
-            query_id = self.num_queries + i
+        for i, query_id in enumerate(ids):
             pair = {name: array[i] for name, array in pairs.items()}
             self._pending_queries[query_id] = pair
             queries.append(
@@ -503,11 +577,17 @@ class PreferenceCallback(BaseCallback):
         self._store(answers)
 
     def _store(self, answers: list[Answer]) -> None:
+        if not answers:
+            return
+        assert self.store is not None
+        with self._timed("store"):
+            # Committed to disk before anything else happens with them.
+            answers = self.store.record_answers(answers)
         usable = []
         for answer in answers:
             pair = self._pending_queries.pop(answer.query_id, None)
             if pair is None:
-                continue  # answered twice, or not ours
+                continue  # not one of this run's queries
             if answer.label == "skip":
                 self._skipped += 1
                 continue
@@ -547,12 +627,14 @@ class PreferenceCallback(BaseCallback):
         with self._timed("calibration"):
             self.reward_model.load_state_dict(state)
             recent = self.pool.recent(10_000)
-            obs, actions = self._calibration_sample(10_000)
+            obs, actions = self.comparisons.sample_steps(10_000, self.rng)
             self.reward_model.calibrate(obs, actions)
         self.num_fits += 1
         self.last_fit = report
         with self._timed("push"):
             self._wrappers.push(self.reward_model)
+            if self.reward_model_path is not None:
+                self.reward_model.save(self.reward_model_path)
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             with self._timed("relabel"):
                 self._relabel(self.model)
@@ -569,20 +651,6 @@ class PreferenceCallback(BaseCallback):
                 f"gym_prefs: fit {self.num_fits} on {report.pairs} labels: train loss {report.train_loss:.3f}, "
                 f"val loss {report.val_loss:.3f}, accuracy {report.accuracy:.2f}, corr with true reward {corr:.2f}"
             )
-
-    def _calibration_sample(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Transitions to normalise the reward model on: steps of the labelled segments.
-
-        They span the whole run (the initial policy's steps too), so the scale stays put when
-        the current policy narrows down: normalising on recent steps alone would blow up the
-        scale of a policy that barely varies, and lock it in.
-        """
-        obs = self.comparisons.obs.reshape(-1, *shape_of(self.pool.observation_space))
-        actions = self.comparisons.actions.reshape(-1, *shape_of(self.pool.action_space))
-        if len(obs) > count:
-            rows = self.rng.choice(len(obs), size=count, replace=False)
-            obs, actions = obs[rows], actions[rows]
-        return obs, actions
 
     def _relabel(self, algo: OffPolicyAlgorithm) -> None:
         buffer = algo.replay_buffer
@@ -621,6 +689,41 @@ class PreferenceCallback(BaseCallback):
             # Unless fitting="inline" this ran beside RL; "waiting_for_fit" is what RL waited.
             breakdown["fitting"] = self._fitter.seconds
         return breakdown
+
+
+def _pair_of(query: Query) -> dict[str, np.ndarray]:
+    return {
+        "obs": np.stack([query.first.obs, query.second.obs]),
+        "actions": np.stack([query.first.actions, query.second.actions]),
+        "true_rewards": np.stack([query.first.true_rewards, query.second.true_rewards]),
+    }
+
+
+def _source_name(source: PreferenceSource) -> str:
+    return str(getattr(source, "name", type(source).__name__))
+
+
+def _env_id(venv: VecEnv) -> str | None:
+    try:
+        spec = venv.get_attr("spec", indices=[0])[0]
+    except (AttributeError, TypeError):
+        return None
+    return getattr(spec, "id", None)
+
+
+def _check_same_spaces_store(
+    store: PreferenceStore, obs_space: spaces.Space[Any], act_space: spaces.Space[Any], segment_length: int
+) -> None:
+    if not (
+        spaces_match(store.observation_space, obs_space)
+        and spaces_match(store.action_space, act_space)
+        and store.segment_length == segment_length
+    ):
+        raise StoreError(
+            f"the preference store {store.path} holds observations {store.observation_space}, actions "
+            f"{store.action_space} and segments of {store.segment_length} steps, but this run has {obs_space}, "
+            f"{act_space} and {segment_length}; use a store made for this env"
+        )
 
 
 def _close_all(fitters: list[FitWorker | _InProcessFitter | None]) -> None:

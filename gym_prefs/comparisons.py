@@ -109,6 +109,20 @@ class Comparisons:
         self._ids = _moved(self._ids, self._start, self._end, capacity)
         self._start, self._end = 0, live
 
+    def sample_steps(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``count`` (observation, action) steps drawn from the labelled segments.
+
+        The reward model is normalised on these: they span the whole run, so the scale stays
+        put when the current policy narrows down (normalising on recent steps alone would blow
+        up the scale of a policy that barely varies, and lock it in).
+        """
+        obs = self.obs.reshape(-1, *self._obs.shape[3:])
+        actions = self.actions.reshape(-1, *self._actions.shape[3:])
+        if len(obs) > count:
+            rows = rng.choice(len(obs), size=count, replace=False)
+            obs, actions = obs[rows], actions[rows]
+        return obs, actions
+
     def validation_mask(self, fraction: float) -> np.ndarray:
         """Rows in the validation split (about ``fraction`` of them, fixed per id)."""
         return ((self.ids * _HASH) % 2**32) / 2**32 < fraction

@@ -60,6 +60,12 @@ class DictObsEnv(gym.Env[dict[str, np.ndarray], int]):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Runs write default stores under ./runs: keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -1,4 +1,3 @@
-import os
 import subprocess
 import sys
 import textwrap
@@ -84,12 +83,11 @@ def test_a_plain_script_without_main_guard_trains(tmp_path):
             env = gym_prefs.LearnedReward(gym.make("Pendulum-v1"))
             callback = gym_prefs.PreferenceCallback("oracle", total_labels=20, segment_length=10, seed=0)
             PPO("MlpPolicy", env, n_steps=256, seed=0).learn(1024, callback=callback)
-            print("labels", callback.num_labels, "fits", callback.num_fits)
+            print("RESULT labels", callback.num_labels, "fits", callback.num_fits)
             """
         )
     )
-    env = dict(os.environ, PYTHONPATH=os.getcwd())
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "labels 20" in done.stdout
-    assert done.stdout.count("labels") == 1  # the script ran once: nothing re-imported it
+    assert "RESULT labels 20" in done.stdout
+    assert done.stdout.count("RESULT") == 1  # the script ran once: nothing re-imported it
