@@ -18,6 +18,7 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import HumanOutputFormat
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
@@ -364,12 +365,17 @@ class PreferenceCallback(BaseCallback):
             self.source.request(pending)
 
     def _default_store_path(self, env_id: str | None) -> Path:
-        """Beside SB3's logs when they go to a folder, else under ``runs/`` by env and time."""
-        log_dir = self.logger.get_dir() if self.logger is not None else None
-        if log_dir:
-            return Path(log_dir) / "preferences.db"
+        """Beside SB3's logs when they are written to a folder, else under ``runs/`` by env and time."""
+        logger = self.logger
+        # SB3 always names a folder (a temporary one by default); it counts only when some
+        # output (CSV, TensorBoard, a log file) is written there.
+        writes_files = any(
+            not (isinstance(output, HumanOutputFormat) and not output.own_file) for output in logger.output_formats
+        )
+        if writes_files and logger.get_dir():
+            return Path(logger.get_dir()) / "preferences.db"  # type: ignore[arg-type]
         name = (env_id or "env").replace("/", "_")
-        return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" / "preferences.db"
+        return Path("runs").resolve() / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}" / "preferences.db"
 
     @property
     def reward_model_path(self) -> Path | None:
@@ -638,7 +644,11 @@ class PreferenceCallback(BaseCallback):
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             with self._timed("relabel"):
                 self._relabel(self.model)
-        corr = _correlation(self.reward_model.predict(recent["obs"], recent["actions"]), recent["true_rewards"])
+        corr = (
+            _correlation(self.reward_model.predict(recent["obs"], recent["actions"]), recent["true_rewards"])
+            if len(recent["obs"])
+            else float("nan")
+        )
         self.logger.record("reward_model/train_loss", report.train_loss)
         self.logger.record("reward_model/val_loss", report.val_loss)
         self.logger.record("reward_model/accuracy", report.accuracy)

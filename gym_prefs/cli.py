@@ -54,7 +54,44 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--eval-episodes", type=int, default=10, help="episodes of the final evaluation (default: 10)")
     train.add_argument("--out", type=Path, default=None, help="output folder (default: runs/ENV-ALGO-TIME)")
+    train.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        help="preference store to use or continue (default: OUT/preferences.db)",
+    )
     train.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 a line per reward-model fit")
+
+    fit = commands.add_parser(
+        "fit",
+        help="fit a reward model to the labels of a store",
+        description="Fit a fresh reward model to every label of a preference store (no env needed).",
+    )
+    fit.add_argument("store", type=Path, help="the preference store (.db)")
+    fit.add_argument("--out", type=Path, required=True, help="where to save the reward model (.pt)")
+    fit.add_argument("--epochs", type=int, default=200, help="passes over the labels (default: 200)")
+    fit.add_argument("--last", type=int, default=None, help="use only the newest N labels")
+    fit.add_argument("--reward-std", type=float, default=1.0, help="std of the normalised reward (default: 1)")
+    fit.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+
+    export = commands.add_parser(
+        "export",
+        help="write a store's labels to a portable .npz file",
+        description="Write every label of a store, with its segments, to a .npz file (see the README for the format).",
+    )
+    export.add_argument("store", type=Path, help="the preference store (.db)")
+    export.add_argument("out", type=Path, help="the .npz file to write")
+
+    load = commands.add_parser(
+        "import",
+        help="add the labels of a .npz export to a store",
+        description="Create a store from an export (or add the export's labels to a store for the same env).",
+    )
+    load.add_argument("export", type=Path, help="the .npz file written by 'gym-prefs export'")
+    load.add_argument("store", type=Path, help="the preference store (.db) to create or extend")
+
+    info = commands.add_parser("info", help="show what a store holds", description="Show what a store holds.")
+    info.add_argument("store", type=Path, help="the preference store (.db)")
     return parser
 
 
@@ -91,7 +128,11 @@ def _train(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"{args.env_id.replace('/', '_')}-{args.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    venv = gym_prefs.VecLearnedReward(make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed))
+    try:
+        venv = gym_prefs.VecLearnedReward(make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed))
+    except gym_prefs.UnsupportedSpaceError as error:
+        print(f"gym-prefs: {error}", file=sys.stderr)
+        return 2
     kwargs = algorithm_kwargs(args.env_id, args.algo)
     model = _algorithm_class(args.algo)("MlpPolicy", venv, seed=args.seed, verbose=0, **kwargs)
     model.set_logger(configure(str(out), ["csv"]))
@@ -100,6 +141,7 @@ def _train(args: argparse.Namespace) -> int:
         total_labels=args.labels,
         segment_length=args.segment_length,
         selection=args.selection,
+        store=str(args.store or out / "preferences.db"),
         seed=args.seed,
         verbose=args.verbose,
     )
@@ -113,6 +155,8 @@ def _train(args: argparse.Namespace) -> int:
     untrained, _ = evaluate_policy(untrained_model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=False)
     model.save(out / "agent.zip")
     callback.reward_model.save(out / "reward_model.pt")
+    store_path = args.store or out / "preferences.db"
+    callback.close()
     summary = {
         "env_id": args.env_id,
         "algo": args.algo,
@@ -130,17 +174,70 @@ def _train(args: argparse.Namespace) -> int:
         f"({callback.num_queries} asked), {seconds:.0f} s\n"
         f"true return over {args.eval_episodes} episodes: {trained:.1f} ± {trained_std:.1f} "
         f"(untrained policy: {untrained:.1f})\n"
-        f"saved agent.zip, reward_model.pt, progress.csv and summary.json in {out}"
+        f"saved agent.zip, reward_model.pt, progress.csv and summary.json in {out}; labels in {store_path}"
     )
+    return 0
+
+
+def _open_store(path: Path) -> Any:
+    from gym_prefs.store import PreferenceStore
+
+    return PreferenceStore(path, readonly=True)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from gym_prefs.offline import fit_from_store
+
+    with _open_store(args.store) as store:
+        model, report = fit_from_store(
+            store, epochs=args.epochs, last=args.last, seed=args.seed, reward_std=args.reward_std
+        )
+    model.save(args.out)
+    print(
+        f"fitted on {report.pairs} labels for {report.epochs} epochs: train loss {report.train_loss:.3f}, "
+        f"validation loss {report.val_loss:.3f}, validation accuracy {report.accuracy:.2f}; saved {args.out}"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _open_store(args.store) as store:
+        count = store.export(args.out)
+    print(f"wrote {count} labels to {args.out}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from gym_prefs.store import PreferenceStore
+
+    with PreferenceStore.import_export(args.export, args.store) as store:
+        print(f"{args.store} now holds {len(store)} labels")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    with _open_store(args.store) as store:
+        counts = store.counts()
+        print(
+            f"{store.path}: env {store.env_id or 'unknown'}, segments of {store.segment_length} steps\n"
+            f"  observations {store.observation_space}\n  actions {store.action_space}\n"
+            f"  {len(store)} labels; {counts['queries']} queries: {counts['answered']} answered, "
+            f"{counts['skipped']} can't tell, {counts['pending']} pending"
+        )
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line (``gym-prefs --help`` lists the commands)."""
+    from gym_prefs.store import StoreError
+
     args = _build_parser().parse_args(argv)
-    if args.command == "train":
-        return _train(args)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    commands = {"train": _train, "fit": _fit, "export": _export, "import": _import, "info": _info}
+    try:
+        return int(commands[args.command](args))
+    except (StoreError, FileNotFoundError) as error:
+        print(f"gym-prefs: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def encode(space: spaces.Space[Any], batch: np.ndarray) -> np.ndarray:
         rows = np.arange(len(batch))[:, None]
         out[rows, index + offsets] = 1.0
         return out
-    return batch.reshape(len(batch), -1).astype(np.float32, copy=False)
+    return batch.reshape(len(batch), encoded_size(space)).astype(np.float32, copy=False)
 
 
 def space_to_config(space: spaces.Space[Any]) -> dict[str, Any]:

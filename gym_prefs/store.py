@@ -452,6 +452,7 @@ class PreferenceStore:
     def close(self) -> None:
         """Close the connection (every committed label is already on disk)."""
         self._connection.close()
+        self._closed = True
 
     def __enter__(self) -> PreferenceStore:
         return self
@@ -460,7 +461,8 @@ class PreferenceStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"PreferenceStore({str(self.path)!r}, labels={len(self)})"
+        labels = "closed" if getattr(self, "_closed", False) else f"labels={len(self)}"
+        return f"PreferenceStore({str(self.path)!r}, {labels})"
 
 
 def _read_meta_untouched(path: Path) -> dict[str, str]:
