@@ -363,11 +363,12 @@ class PreferenceStore:
             "SELECT q.id, a.label, s1.obs, s1.actions, s1.true_rewards, s2.obs, s2.actions, s2.true_rewards "
             "FROM answers a JOIN queries q ON q.id = a.query_id "
             "JOIN segments s1 ON s1.id = q.first_segment JOIN segments s2 ON s2.id = q.second_segment "
-            "WHERE a.label != 'skip' ORDER BY q.id"
+            "WHERE a.label != 'skip'"
         )
-        rows = self._connection.execute(sql).fetchall()
-        if last is not None:
-            rows = rows[-last:] if last > 0 else []
+        if last is None:
+            rows = self._connection.execute(sql + " ORDER BY q.id").fetchall()
+        else:  # the newest ``last``, read newest first and put back in order
+            rows = self._connection.execute(sql + " ORDER BY q.id DESC LIMIT ?", (max(0, last),)).fetchall()[::-1]
         length = self.segment_length
         obs_shape, act_shape = self.observation_space.shape or (), self.action_space.shape or ()
         count = len(rows)
