@@ -587,8 +587,13 @@ class PreferenceCallback(BaseCallback):
             return
         assert self.store is not None
         with self._timed("store"):
-            # Committed to disk before anything else happens with them.
+            # Committed to disk before anything else happens with them, and only then
+            # acknowledged to the source.
+            committed = [answer.query_id for answer in answers]
             answers = self.store.record_answers(answers)
+        acknowledge = getattr(self.source, "acknowledge", None)
+        if callable(acknowledge):
+            acknowledge(committed)
         usable = []
         for answer in answers:
             pair = self._pending_queries.pop(answer.query_id, None)

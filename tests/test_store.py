@@ -320,3 +320,45 @@ def test_labels_survive_sigkill_and_the_run_finishes_on_budget(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "DONE 60 60" in done.stdout
+
+
+class AcknowledgedSource:
+    """Answers "first" and checks, when told, that the store already holds those answers."""
+
+    name = "careful"
+
+    def __init__(self, path):
+        self.path = path
+        self._ready = []
+        self.acknowledged = 0
+
+    def request(self, queries):
+        self._ready += [Answer(q.id, "first", "careful") for q in queries]
+
+    def poll(self, timeout=0.0):
+        answers, self._ready = self._ready, []
+        return answers
+
+    @property
+    def pending(self):
+        return len(self._ready)
+
+    def close(self):
+        pass
+
+    def acknowledge(self, query_ids):
+        with PreferenceStore(self.path, readonly=True) as store:
+            on_disk = {a.query_id for a in store.answers()}
+        assert set(query_ids) <= on_disk, "acknowledged before the answers were committed"
+        self.acknowledged += len(query_ids)
+
+
+def test_answers_are_acknowledged_only_once_committed(tmp_path):
+    source = AcknowledgedSource(tmp_path / "p.db")
+    env = VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
+    callback = PreferenceCallback(
+        source, total_labels=20, segment_length=10, refit_interval=256, store=str(tmp_path / "p.db"), seed=0
+    )
+    PPO("MlpPolicy", env, n_steps=256, seed=0, policy_kwargs={"net_arch": [16]}).learn(1024, callback=callback)
+    callback.close()
+    assert source.acknowledged == 20

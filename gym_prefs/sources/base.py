@@ -63,6 +63,10 @@ class PreferenceSource(Protocol):
     another process, while training continues (a person at a window). Only before RL starts
     does the callback wait, by polling with a timeout until nothing is pending.
 
+    A source may also define ``acknowledge(query_ids)``: the callback calls it once the
+    answers to those queries are committed to the preference store, so a source that must
+    not lose an answer can keep it until then.
+
     Example:
         >>> class AlwaysFirst:
         ...     def __init__(self):
