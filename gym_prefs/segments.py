@@ -52,14 +52,23 @@ class TransitionBatch:
     learned_rewards: np.ndarray
     episodes: np.ndarray  # episode counter of each env at each step
     dropped: int = 0  # steps that overflowed the recorder before this drain
+    clips: np.ndarray | None = None  # what a viewer needs to show each step, when recorded
 
     def __len__(self) -> int:
         return len(self.true_rewards)
 
 
-def steps_for_bytes(obs_space: spaces.Space[Any], act_space: spaces.Space[Any], budget: int) -> int:
-    """How many steps of (observation, action, rewards, episode) fit in ``budget`` bytes."""
+#: Shape and dtype of the per-step clip data (rendered frames, or simulator states to render).
+ClipSpec = tuple[tuple[int, ...], Any]
+
+
+def steps_for_bytes(
+    obs_space: spaces.Space[Any], act_space: spaces.Space[Any], budget: int, clip_spec: ClipSpec | None = None
+) -> int:
+    """How many steps of (observation, action, rewards, episode, clip data) fit in ``budget`` bytes."""
     per_step = _nbytes(obs_space) + _nbytes(act_space) + 4 + 4 + 8
+    if clip_spec is not None:
+        per_step += int(np.prod(clip_spec[0], dtype=np.int64)) * np.dtype(clip_spec[1]).itemsize
     return max(1, budget // per_step)
 
 
@@ -78,14 +87,19 @@ class _Ring:
         }
 
 
-def _fields(obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> dict[str, tuple[tuple[int, ...], Any]]:
-    return {
+def _fields(
+    obs_space: spaces.Space[Any], act_space: spaces.Space[Any], clip_spec: ClipSpec | None = None
+) -> dict[str, tuple[tuple[int, ...], Any]]:
+    fields: dict[str, tuple[tuple[int, ...], Any]] = {
         "obs": (shape_of(obs_space), obs_space.dtype),
         "actions": (shape_of(act_space), act_space.dtype),
         "true_rewards": ((), np.float32),
         "learned_rewards": ((), np.float32),
         "episodes": ((), np.int64),
     }
+    if clip_spec is not None:
+        fields["clips"] = clip_spec
+    return fields
 
 
 class TransitionRecorder:
@@ -96,6 +110,7 @@ class TransitionRecorder:
         action_space: the env's action space.
         n_envs: how many envs step together (1 for a single env).
         capacity: steps kept between drains; older steps are dropped (and counted).
+        clip_spec: shape and dtype of per-step clip data to record as well (``None``: none).
 
     Example:
         >>> rec = TransitionRecorder(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), n_envs=1, capacity=10)
@@ -110,9 +125,11 @@ class TransitionRecorder:
         action_space: spaces.Space[Any],
         n_envs: int,
         capacity: int,
+        clip_spec: ClipSpec | None = None,
     ) -> None:
         self.n_envs = n_envs
-        self._ring = _Ring(capacity, (n_envs,), _fields(observation_space, action_space))
+        self.clip_spec = clip_spec
+        self._ring = _Ring(capacity, (n_envs,), _fields(observation_space, action_space, clip_spec))
         self._write = 0  # total steps ever written
         self._pending = 0  # steps written since the last drain
         self._dropped = 0
@@ -122,10 +139,19 @@ class TransitionRecorder:
     def capacity(self) -> int:
         return self._ring.capacity
 
-    def add(self, obs: np.ndarray, actions: np.ndarray, true_rewards: np.ndarray, learned_rewards: np.ndarray) -> None:
+    def add(
+        self,
+        obs: np.ndarray,
+        actions: np.ndarray,
+        true_rewards: np.ndarray,
+        learned_rewards: np.ndarray,
+        clips: np.ndarray | None = None,
+    ) -> None:
         """Record one step of every env (arrays with a leading ``n_envs`` axis)."""
         pos = self._write % self.capacity
         data = self._ring.data
+        if self.clip_spec is not None:
+            data["clips"][pos] = clips
         data["obs"][pos] = obs
         data["actions"][pos] = np.asarray(actions).reshape(data["actions"].shape[1:])
         data["true_rewards"][pos] = true_rewards
@@ -176,12 +202,14 @@ class SegmentPool:
         action_space: spaces.Space[Any],
         n_streams: int,
         capacity: int,
+        clip_spec: ClipSpec | None = None,
     ) -> None:
         self.observation_space = observation_space
         self.action_space = action_space
         self.n_streams = n_streams
         self.capacity = capacity
-        self._ring = _Ring(capacity, (n_streams,), _fields(observation_space, action_space))
+        self.clip_spec = clip_spec
+        self._ring = _Ring(capacity, (n_streams,), _fields(observation_space, action_space, clip_spec))
         self.written = np.zeros(n_streams, dtype=np.int64)
         self._episode_base = np.zeros(n_streams, dtype=np.int64)
 
@@ -204,7 +232,10 @@ class SegmentPool:
                 self._episode_base[s] += 1
             positions = (self.written[s] + np.arange(steps - keep, steps)) % self.capacity
             for name, array in self._ring.data.items():
-                column = getattr(batch, name)[steps - keep :, i]
+                source = getattr(batch, name)
+                if source is None:
+                    raise ValueError("clip data was expected from the reward wrappers but not recorded")
+                column = source[steps - keep :, i]
                 if name == "episodes":
                     column = column + self._episode_base[s]
                 array[positions, s] = column
@@ -235,7 +266,8 @@ class SegmentPool:
         """Cut ``count`` random segments of ``length`` steps (with replacement).
 
         Returns:
-            ``obs``, ``actions``, ``true_rewards`` arrays with leading ``[count, length]``.
+            ``obs``, ``actions``, ``true_rewards`` (and ``clips`` when recorded) arrays with
+            leading ``[count, length]``.
 
         Raises:
             ValueError: if no episode in the pool is ``length`` steps long.
@@ -250,7 +282,8 @@ class SegmentPool:
         rows = streams[pick][:, None]
         cols = (starts[pick][:, None] + np.arange(length)) % self.capacity
         data = self._ring.data
-        return {name: data[name][cols, rows] for name in ("obs", "actions", "true_rewards")}
+        names = ["obs", "actions", "true_rewards"] + (["clips"] if self.clip_spec is not None else [])
+        return {name: data[name][cols, rows] for name in names}
 
     def recent(self, count: int) -> dict[str, np.ndarray]:
         """The most recent ``count`` steps in all (split evenly over the envs), flattened."""

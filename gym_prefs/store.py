@@ -243,27 +243,22 @@ class PreferenceStore:
             cursor.close()
 
     # ------------------------------------------------------------------ writing
-    def add_queries(
-        self,
-        pairs: dict[str, np.ndarray],
-        source: str,
-        timestep: int | None = None,
-        frames: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
-    ) -> list[int]:
+    def add_queries(self, pairs: dict[str, np.ndarray], source: str, timestep: int | None = None) -> list[int]:
         """Store pairs of segments as pending queries, in one transaction.
 
         Args:
             pairs: ``obs`` and ``actions`` with leading ``[pairs, 2, length]``, optionally
-                ``true_rewards`` ``[pairs, 2, length]``.
+                ``true_rewards`` ``[pairs, 2, length]`` and ``clips`` (what a viewer shows,
+                see :mod:`gym_prefs.clips`) ``[pairs, 2, length, ...]``.
             source: who will be asked (``"oracle"``, ``"human"``, ...).
             timestep: the training timestep when asked.
-            frames: optional rendered frames for each pair (first, second).
 
         Returns:
             The new query ids.
         """
         obs, actions = pairs["obs"], pairs["actions"]
         true_rewards = pairs.get("true_rewards")
+        clips = pairs.get("clips")
         now = time.time()
         ids = []
         with self._transaction() as cursor:
@@ -273,7 +268,7 @@ class PreferenceStore:
                     rewards = (
                         None if true_rewards is None else pack_array(np.asarray(true_rewards[i, side], np.float32))
                     )
-                    clip = None if frames is None or frames[i] is None else pack_array(frames[i][side])  # type: ignore[index]
+                    clip = None if clips is None else pack_array(clips[i, side])
                     cursor.execute(
                         "INSERT INTO segments (length, obs, actions, true_rewards, frames) VALUES (?, ?, ?, ?, ?)",
                         (int(obs.shape[2]), pack_array(obs[i, side]), pack_array(actions[i, side]), rewards, clip),
@@ -288,14 +283,14 @@ class PreferenceStore:
         return ids
 
     def record_answers(self, answers: Sequence[Answer]) -> list[Answer]:
-        """Commit answers in one transaction; returns those that were new.
+        """Commit answers in one transaction; returns the answers now stored for those queries.
 
-        An answer to a query that already has one is ignored (the first answer stands), so a
-        source may safely deliver an answer twice.
+        An answer to a query that already has one is ignored (the first answer stands, and is
+        the one returned), so an answer may be delivered twice, or committed by a viewer
+        process before the training process collects it.
         """
         if self._readonly:
             raise PermissionError(f"the preference store {self.path} was opened read-only")
-        new = []
         now = time.time()
         with self._transaction() as cursor:
             for answer in answers:
@@ -307,8 +302,33 @@ class PreferenceStore:
                 if cursor.rowcount:
                     status = "skipped" if answer.label == "skip" else "answered"
                     cursor.execute("UPDATE queries SET status = ? WHERE id = ?", (status, answer.query_id))
-                    new.append(answer)
-        return new
+        return self.answers_for([answer.query_id for answer in answers])
+
+    def answers_for(self, query_ids: Sequence[int]) -> list[Answer]:
+        """The stored answers to these queries (queries without one are left out), in id order."""
+        if not query_ids:
+            return []
+        found: list[Answer] = []
+        ids = sorted(set(int(q) for q in query_ids))
+        for start in range(0, len(ids), 500):  # SQLite limits the number of parameters
+            chunk = ids[start : start + 500]
+            rows = self._connection.execute(
+                "SELECT query_id, label, labeler, seconds FROM answers WHERE query_id IN "
+                f"({', '.join('?' * len(chunk))}) ORDER BY query_id",
+                chunk,
+            ).fetchall()
+            found += [Answer(int(q), label, labeler, float(seconds)) for q, label, labeler, seconds in rows]
+        return found
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a piece of run information (clip format, label budget, instruction, ...)."""
+        with self._transaction() as cursor:
+            cursor.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        """A piece of run information recorded with :meth:`set_meta`."""
+        row = self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
@@ -338,8 +358,8 @@ class PreferenceStore:
         rows = self._connection.execute(sql).fetchall()
         return [Query(int(qid), self._segment(first), self._segment(second)) for qid, first, second in rows]
 
-    def frames(self, query_id: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The rendered frames stored with a query, if any."""
+    def clips(self, query_id: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The clip data stored with a query's two segments, if any (see :mod:`gym_prefs.clips`)."""
         rows = self._connection.execute(
             "SELECT s.frames FROM queries q JOIN segments s ON s.id IN (q.first_segment, q.second_segment) "
             "WHERE q.id = ? ORDER BY s.id",

@@ -7,9 +7,10 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
+from gym_prefs.clips import ClipInfo, capture_clip, clip_info_for
 from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.segments import TransitionBatch, TransitionRecorder, steps_for_bytes
 from gym_prefs.spaces import check_space, spaces_match
@@ -87,8 +88,11 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
         gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, record_steps=record_steps)
         super().__init__(env)
         self.reward_model = _resolve_model(reward_model, env.observation_space, env.action_space)
+        self._record_steps = record_steps
         capacity = record_steps or steps_for_bytes(env.observation_space, env.action_space, RECORD_BYTES)
         self.recorder = TransitionRecorder(env.observation_space, env.action_space, 1, capacity)
+        self.clip_info: ClipInfo | None = None  # set when a person labels: clip data is recorded too
+        self._last_clip: np.ndarray | None = None
         self._last_obs: Any = None
         self.inference_seconds = 0.0  # time spent predicting rewards (for benchmarks)
         self._true_return = 0.0
@@ -100,6 +104,8 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
         if self._length:  # an episode cut short by reset: segments must not span it
             self.recorder.end_episodes(np.ones(1, dtype=bool))
         self._last_obs = obs
+        if self.clip_info is not None:
+            self._last_clip = capture_clip(self.env, self.clip_info)
         self._true_return = self._learned_return = 0.0
         self._length = 0
         return obs, info
@@ -114,7 +120,10 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
         learned = float(self.reward_model.predict(obs_batch, act_batch)[0])
         self.inference_seconds += time.perf_counter() - start
         true_reward = float(true_reward)
-        self.recorder.add(obs_batch, act_batch, np.array([true_reward]), np.array([learned]))
+        clip = None if self._last_clip is None else self._last_clip[None]
+        self.recorder.add(obs_batch, act_batch, np.array([true_reward]), np.array([learned]), clip)
+        if self.clip_info is not None:
+            self._last_clip = capture_clip(self.env, self.clip_info)
         info["true_reward"] = true_reward
         self._true_return += true_reward
         self._learned_return += learned
@@ -138,6 +147,23 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
     def reward_spaces(self) -> tuple[gym.Space[Any], gym.Space[Any]]:
         """The spaces of what this wrapper records (outer wrappers may change the env's)."""
         return self.observation_space, self.action_space
+
+    def enable_clips(self) -> ClipInfo:
+        """Also record what a person needs to see each step (see :mod:`gym_prefs.clips`).
+
+        Raises:
+            ValueError: if the env cannot be shown to a person.
+        """
+        if self._last_obs is None:
+            self.reset()
+        info = clip_info_for(self.env)
+        capacity = self._record_steps or steps_for_bytes(
+            self.observation_space, self.action_space, RECORD_BYTES, info.spec
+        )
+        self.recorder = TransitionRecorder(self.observation_space, self.action_space, 1, capacity, info.spec)
+        self.clip_info = info
+        self._last_clip = capture_clip(self.env, info)
+        return info
 
 
 class VecLearnedReward(VecEnvWrapper):
@@ -184,10 +210,13 @@ class VecLearnedReward(VecEnvWrapper):
             inner = inner.venv
         super().__init__(venv)
         self.reward_model = _resolve_model(reward_model, venv.observation_space, venv.action_space)
+        self._record_steps = record_steps
         capacity = record_steps or steps_for_bytes(
             venv.observation_space, venv.action_space, RECORD_BYTES // venv.num_envs
         )
         self.recorder = TransitionRecorder(venv.observation_space, venv.action_space, venv.num_envs, capacity)
+        self.clip_info: ClipInfo | None = None
+        self._last_clips: np.ndarray | None = None
         self._last_obs: np.ndarray | None = None
         self._actions: np.ndarray | None = None
         self.inference_seconds = 0.0
@@ -200,6 +229,8 @@ class VecLearnedReward(VecEnvWrapper):
         if self._lengths.any():
             self.recorder.end_episodes(self._lengths > 0)
         self._last_obs = np.asarray(obs)
+        if self.clip_info is not None:
+            self._last_clips = self._capture_clips()
         self._true_returns[:] = 0.0
         self._learned_returns[:] = 0.0
         self._lengths[:] = 0
@@ -216,7 +247,9 @@ class VecLearnedReward(VecEnvWrapper):
         start = time.perf_counter()
         learned = self.reward_model.predict(self._last_obs, self._actions)
         self.inference_seconds += time.perf_counter() - start
-        self.recorder.add(self._last_obs, self._actions, true_rewards, learned)
+        self.recorder.add(self._last_obs, self._actions, true_rewards, learned, self._last_clips)
+        if self.clip_info is not None:
+            self._last_clips = self._capture_clips()
         self._true_returns += true_rewards
         self._learned_returns += learned
         self._lengths += 1
@@ -243,3 +276,33 @@ class VecLearnedReward(VecEnvWrapper):
     def pop_transitions(self) -> TransitionBatch:
         """Hand over (and forget) the steps recorded since the last call."""
         return self.recorder.drain()
+
+    def _base_envs(self) -> list[gym.Env[Any, Any]]:
+        base = self.venv.unwrapped
+        if not isinstance(base, DummyVecEnv):
+            raise ValueError(
+                "for a person to label, VecLearnedReward needs the envs in this process (DummyVecEnv); "
+                f"this one is a {type(base).__name__}. Wrap each env instead: "
+                "make_vec_env(..., wrapper_class=gym_prefs.LearnedReward, vec_env_cls=SubprocVecEnv)."
+            )
+        return list(base.envs)
+
+    def _capture_clips(self) -> np.ndarray:
+        assert self.clip_info is not None
+        return np.stack([capture_clip(env, self.clip_info) for env in self._base_envs()])
+
+    def enable_clips(self) -> ClipInfo:
+        """Also record what a person needs to see each step (see :mod:`gym_prefs.clips`)."""
+        envs = self._base_envs()
+        if self._last_obs is None:
+            self.reset()
+        info = clip_info_for(envs[0])
+        capacity = self._record_steps or steps_for_bytes(
+            self.observation_space, self.action_space, RECORD_BYTES // self.num_envs, info.spec
+        )
+        self.recorder = TransitionRecorder(
+            self.observation_space, self.action_space, self.num_envs, capacity, info.spec
+        )
+        self.clip_info = info
+        self._last_clips = self._capture_clips()
+        return info

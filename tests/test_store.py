@@ -48,8 +48,8 @@ def test_queries_answers_and_counts(tmp_path):
     assert store.counts() == {"pending": 4, "answered": 0, "skipped": 0, "queries": 4}
     new = store.record_answers([Answer(ids[0], "first", "ann", 2.5), Answer(ids[1], "skip", "ann")])
     assert len(new) == 2
-    # A second answer to the same query is ignored: the first stands.
-    assert store.record_answers([Answer(ids[0], "second", "bob")]) == []
+    # A second answer to the same query is ignored: the first stands, and is what comes back.
+    assert store.record_answers([Answer(ids[0], "second", "bob")]) == [Answer(ids[0], "first", "ann", 2.5)]
     assert len(store) == 1
     assert store.counts() == {"pending": 2, "answered": 1, "skipped": 1, "queries": 4}
     assert [q.id for q in store.pending_queries()] == ids[2:]
