@@ -21,7 +21,7 @@ from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.schedules import LabelSchedule
 from gym_prefs.segments import Segment
-from gym_prefs.sources import Answer, Label, PreferenceSource, Query, SyntheticOracle
+from gym_prefs.sources import Answer, Label, PreferenceSource, PygameLabeler, Query, SyntheticOracle
 from gym_prefs.spaces import UnsupportedSpaceError
 from gym_prefs.store import PreferenceStore, StoreError
 from gym_prefs.wrappers import LearnedReward, VecLearnedReward
@@ -38,6 +38,7 @@ __all__ = [
     "PreferenceCallback",
     "PreferenceSource",
     "PreferenceStore",
+    "PygameLabeler",
     "Query",
     "RewardEnsemble",
     "RewardTrainer",

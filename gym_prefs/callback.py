@@ -23,12 +23,13 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import safe_mean
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
+from gym_prefs.clips import ClipInfo
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.fit_worker import FitWorker
 from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.reward_model import CUSTOM_CALLABLE, RewardEnsemble
 from gym_prefs.schedules import LabelSchedule
-from gym_prefs.segments import Segment, SegmentPool, TransitionBatch, steps_for_bytes
+from gym_prefs.segments import ClipSpec, Segment, SegmentPool, TransitionBatch, steps_for_bytes
 from gym_prefs.selection import SELECTION_METHODS, select_pairs
 from gym_prefs.sources import PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
 from gym_prefs.spaces import shape_of, spaces_match
@@ -120,6 +121,12 @@ class _RewardWrappers:
             self.vec_wrapper.set_reward_model(model)
         else:
             self.venv.env_method("set_reward_model", model)
+
+    def enable_clips(self) -> ClipInfo:
+        """Have every wrapper record clip data for a person's viewer too."""
+        if self.vec_wrapper is not None:
+            return self.vec_wrapper.enable_clips()
+        return self.venv.env_method("enable_clips")[0]
 
     def drain(self) -> list[tuple[int, TransitionBatch]]:
         """New steps of every env, as ``(first env index, batch)`` pieces."""
@@ -320,14 +327,19 @@ class PreferenceCallback(BaseCallback):
             self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
             self._open_store(venv, obs_space, act_space)
             self._make_fitters(self._reward_model)
+            first_time = True
         else:
             _check_same_spaces(self._reward_model, obs_space, act_space)
+            first_time = False
         self._wrappers.push(self._reward_model)
         if getattr(self, "_pool_env", None) is not venv:
+            clip_spec = self._enable_clips()
             n_envs = venv.num_envs
-            capacity = min(self.pool_size, steps_for_bytes(obs_space, act_space, self.pool_bytes))
-            self.pool = SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs))
+            capacity = min(self.pool_size, steps_for_bytes(obs_space, act_space, self.pool_bytes, clip_spec))
+            self.pool = SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs), clip_spec)
             self._pool_env = venv
+        if first_time:
+            self._ask_pending_again()
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             self._check_replay_buffer(self.model)
 
@@ -357,7 +369,23 @@ class PreferenceCallback(BaseCallback):
         if len(store):
             pairs = store.labelled_pairs(last=self.max_comparisons)
             self.comparisons.add(pairs.obs, pairs.actions, pairs.mu, pairs.query_ids)
-        pending = store.pending_queries()
+
+    def _enable_clips(self) -> ClipSpec | None:
+        """Record what a person sees, when the source is a person (and hand it the store)."""
+        assert self.store is not None
+        clip_spec = None
+        if getattr(self.source, "needs_clips", False):
+            info = self._wrappers.enable_clips()
+            self.store.set_meta("clips", info.to_json())
+            clip_spec = info.spec
+        attach = getattr(self.source, "attach", None)
+        if callable(attach):
+            attach(self.store, self.total_labels)
+        return clip_spec
+
+    def _ask_pending_again(self) -> None:
+        assert self.store is not None
+        pending = self.store.pending_queries()
         if pending:
             # Asked before the last run stopped and never answered: ask again (not counted twice).
             for query in pending:
@@ -460,9 +488,9 @@ class PreferenceCallback(BaseCallback):
         with self._timed("bookkeeping"):
             self._drain()
         self._ask(count, required=True)
-        if self.verbose:
+        if self.verbose or getattr(self.source, "needs_clips", False):
             print(f"gym_prefs: waiting for {self.source.pending} initial labels before RL starts")
-        while self._pending_queries:
+        while self._pending_queries and self.source.pending:
             self._collect(timeout=1.0)
         self._start_fit(self.initial_fit_epochs)
         self._finish_fit()
@@ -564,7 +592,8 @@ class PreferenceCallback(BaseCallback):
             ids = self.store.add_queries(pairs, source=_source_name(self.source), timestep=self.num_timesteps)
         queries = []
         for i, query_id in enumerate(ids):
-            pair = {name: array[i] for name, array in pairs.items()}
+            # Clips are in the store for the viewer; the fit needs only these.
+            pair = {name: array[i] for name, array in pairs.items() if name != "clips"}
             self._pending_queries[query_id] = pair
             queries.append(
                 Query(

@@ -92,6 +92,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="show what a store holds", description="Show what a store holds.")
     info.add_argument("store", type=Path, help="the preference store (.db)")
+
+    label = commands.add_parser(
+        "label",
+        help="label a store's pending clip pairs in a window",
+        description="Open the labelling window on a store: of a running training (same machine, or a store on "
+        "a shared disk), or afterwards. Keys: left/right arrow = that clip is better, up = equally good, "
+        "down = can't tell, space = pause, r = replay, -/+ = slower/faster, esc = close.",
+    )
+    label.add_argument("store", type=Path, help="the preference store (.db)")
+    label.add_argument("--instruction", default="", help="what to teach, shown in the window")
+    label.add_argument("--labeler", default="human", help="your name, stored with every answer")
+    label.add_argument("--render-size", type=int, default=240, help="pixels of frames rendered from MuJoCo states")
+    label.add_argument("--exit-when-done", action="store_true", help="close once nothing is pending")
     return parser
 
 
@@ -215,6 +228,15 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    from gym_prefs.viewer import Viewer
+
+    viewer = Viewer(args.store, args.instruction, args.labeler, args.render_size, args.exit_when_done)
+    viewer.run()
+    print(f"gym-prefs label: {viewer.answers_given} answers stored in {args.store}")
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     with _open_store(args.store) as store:
         counts = store.counts()
@@ -232,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gym_prefs.store import StoreError
 
     args = _build_parser().parse_args(argv)
-    commands = {"train": _train, "fit": _fit, "export": _export, "import": _import, "info": _info}
+    commands = {"train": _train, "fit": _fit, "export": _export, "import": _import, "info": _info, "label": _label}
     try:
         return int(commands[args.command](args))
     except (StoreError, FileNotFoundError) as error:

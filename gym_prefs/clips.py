@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["ClipInfo", "ClipRenderer", "clip_info_for", "capture_clip", "MAX_FRAME_SIDE", "MAX_DISPLAY_FPS"]
+__all__ = ["MAX_DISPLAY_FPS", "MAX_FRAME_SIDE", "ClipInfo", "ClipRenderer", "capture_clip", "clip_info_for"]
 
 #: Recorded frames are shrunk (by whole-pixel striding) until no side is longer than this.
 MAX_FRAME_SIDE = 256

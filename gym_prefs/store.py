@@ -350,6 +350,15 @@ class PreferenceStore:
         rewards = unpack_array(row[2]) if row[2] is not None else np.full(len(obs), np.nan, np.float32)
         return Segment(obs, actions, rewards)
 
+    def pending_ids(self, limit: int | None = None) -> list[int]:
+        """Ids of the queries asked and not answered yet, oldest first."""
+        sql = "SELECT id FROM queries WHERE status = 'pending' ORDER BY id"
+        params: tuple[int, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (int(limit),)
+        return [int(row[0]) for row in self._connection.execute(sql, params).fetchall()]
+
     def pending_queries(self, limit: int | None = None) -> list[Query]:
         """Queries asked and not answered yet, oldest first."""
         sql = "SELECT id, first_segment, second_segment FROM queries WHERE status = 'pending' ORDER BY id"

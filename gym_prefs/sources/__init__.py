@@ -6,6 +6,7 @@ from typing import Any
 
 from gym_prefs.sources.base import LABELS, PREFERENCE_OF, Answer, Label, PreferenceSource, Query
 from gym_prefs.sources.oracle import SyntheticOracle
+from gym_prefs.sources.pygame_labeler import PygameLabeler
 
 __all__ = [
     "LABELS",
@@ -13,26 +14,29 @@ __all__ = [
     "Answer",
     "Label",
     "PreferenceSource",
+    "PygameLabeler",
     "Query",
     "SyntheticOracle",
     "make_source",
 ]
 
-SOURCE_NAMES = ("oracle",)
+SOURCE_NAMES = ("oracle", "human")
 
 
 def make_source(source: str | PreferenceSource, seed: int | None = None, **kwargs: Any) -> PreferenceSource:
     """Build a source from its name, or check and return a source object.
 
     Args:
-        source: ``"oracle"`` (a perfect :class:`SyntheticOracle`) or an object following
-            :class:`PreferenceSource`.
+        source: ``"oracle"`` (a perfect :class:`SyntheticOracle`), ``"human"`` (a
+            :class:`PygameLabeler` window) or an object following :class:`PreferenceSource`.
         seed: seed for a source built by name.
         **kwargs: constructor arguments for a source built by name.
     """
     if isinstance(source, str):
         if source == "oracle":
             return SyntheticOracle(seed=seed, **kwargs)
+        if source == "human":
+            return PygameLabeler(**kwargs)
         raise ValueError(
             f"unknown preference source {source!r}; use one of {SOURCE_NAMES} or a PreferenceSource object"
         )
