@@ -312,7 +312,12 @@ class PreferenceCallback(BaseCallback):
     @property
     def num_labels(self) -> int:
         """Labels in the store so far (answers other than "can't tell"), this run's and earlier ones."""
-        return len(self.store) if self.store is not None else 0
+        if self.store is None:
+            return 0
+        if self.store.closed:
+            with PreferenceStore(self.store.path, readonly=True) as store:
+                return len(store)
+        return len(self.store)
 
     # ------------------------------------------------------------------ set-up
     def _init_callback(self) -> None:

@@ -484,6 +484,10 @@ class PreferenceStore:
         self._connection.close()
         self._closed = True
 
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_closed", False)
+
     def __enter__(self) -> PreferenceStore:
         return self
 
