@@ -38,7 +38,7 @@ def store_path(tmp_path):
 
 
 def test_training_goes_on_while_queries_wait(tmp_path):
-    model, callback, labeler = train_with_a_person_who_never_answers(tmp_path / "p.db", render_mode="rgb_array")
+    model, callback, _ = train_with_a_person_who_never_answers(tmp_path / "p.db", render_mode="rgb_array")
     assert model.num_timesteps >= 1024  # RL never waited for the person
     assert callback.num_queries == 12 and callback.num_labels == 0
     with PreferenceStore(tmp_path / "p.db", readonly=True) as store:
@@ -156,7 +156,7 @@ def test_closing_the_window_stops_the_wait_or_pauses_as_chosen(store_path):
 @pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xdotool")), reason="needs Xvfb and xdotool "
                     "(apt-get install xvfb xdotool); .ci/run installs them")
 def test_a_person_labels_in_a_real_window(store_path, tmp_path):
-    display = ":%d" % (80 + os.getpid() % 100)
+    display = f":{80 + os.getpid() % 100}"
     xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24"], stderr=subprocess.DEVNULL)
     env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"} | {"DISPLAY": display}
     viewer = None
@@ -170,9 +170,8 @@ def test_a_person_labels_in_a_real_window(store_path, tmp_path):
         deadline = time.time() + 60
         while window is None and time.time() < deadline:
             assert viewer.poll() is None, viewer.communicate()[1][-2000:]
-            found = subprocess.run(
-                ["xdotool", "search", "--onlyvisible", "--pid", str(viewer.pid)], env=env, capture_output=True, text=True
-            )
+            search = ["xdotool", "search", "--onlyvisible", "--pid", str(viewer.pid)]
+            found = subprocess.run(search, env=env, capture_output=True, text=True)
             window = found.stdout.split()[0] if found.stdout.split() else None
             time.sleep(0.2)
         assert window is not None, "the window did not appear"
