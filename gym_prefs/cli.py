@@ -103,7 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
     label.add_argument("store", type=Path, help="the preference store (.db)")
     label.add_argument("--instruction", default="", help="what to teach, shown in the window")
     label.add_argument("--labeler", default="human", help="your name, stored with every answer")
-    label.add_argument("--render-size", type=int, default=240, help="pixels of frames rendered from MuJoCo states")
+    label.add_argument("--render-size", type=int, default=200, help="pixels of frames rendered from MuJoCo states")
     label.add_argument("--exit-when-done", action="store_true", help="close once nothing is pending")
     return parser
 

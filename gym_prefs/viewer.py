@@ -34,6 +34,7 @@ HEADER = 64
 FOOTER = 56
 WINDOW = (2 * CLIP_BOX + 3 * MARGIN, HEADER + CLIP_BOX + 28 + FOOTER)
 SPEEDS = (0.25, 0.5, 1.0)
+PREFETCH = 3  # pairs rendered ahead
 BACKGROUND = (24, 26, 30)
 TEXT = (230, 230, 230)
 DIM = (150, 150, 160)
@@ -71,7 +72,7 @@ class Viewer:
         store_path: str | os.PathLike[str],
         instruction: str = "",
         labeler: str = "human",
-        render_size: int = 240,
+        render_size: int = 200,
         exit_when_done: bool = False,
     ) -> None:
         import pygame
@@ -113,7 +114,8 @@ class Viewer:
         self.frame_times: list[float] = []
         self._answered_at: float | None = None
 
-        self._ready: queue.Queue[_Pair] = queue.Queue(maxsize=1)
+        # Pairs rendered ahead of time, so that the next one appears as soon as a person answers.
+        self._ready: queue.Queue[_Pair] = queue.Queue(maxsize=PREFETCH)
         self._taken: set[int] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -55,7 +55,7 @@ class PygameLabeler:
         on_close: str = "continue",
         labeler: str = "human",
         open_window: bool = True,
-        render_size: int = 240,
+        render_size: int = 200,
     ) -> None:
         if on_close not in ON_CLOSE:
             raise ValueError(f"on_close must be one of {ON_CLOSE}, got {on_close!r}")
