@@ -43,7 +43,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("env_id", nargs="?", default=DEFAULT_ENV, help=f"Gymnasium env id (default: {DEFAULT_ENV})")
     train.add_argument("--algo", choices=ALGORITHMS, default="ppo", help="RL algorithm (default: ppo)")
-    train.add_argument("--labeler", choices=("oracle",), default="oracle", help="who labels (default: oracle)")
+    train.add_argument(
+        "--labeler",
+        choices=("oracle", "human"),
+        default="oracle",
+        help="who labels: the synthetic oracle, or you in a window (default: oracle)",
+    )
+    train.add_argument("--instruction", default="", help="with --labeler human: what to teach, shown in the window")
     train.add_argument("--labels", type=int, default=200, help="label budget (default: 200)")
     train.add_argument("--steps", type=int, default=40_000, help="environment steps of RL (default: 40000)")
     train.add_argument("--n-envs", type=int, default=4, help="parallel envs (default: 4)")
@@ -142,15 +148,20 @@ def _train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{args.env_id.replace('/', '_')}-{args.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     try:
-        venv = gym_prefs.VecLearnedReward(make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed))
+        # A person sees the env's frames (MuJoCo envs are rendered from their states instead).
+        env_kwargs = {"render_mode": "rgb_array"} if args.labeler == "human" else None
+        venv = gym_prefs.VecLearnedReward(
+            make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs)
+        )
     except gym_prefs.UnsupportedSpaceError as error:
         print(f"gym-prefs: {error}", file=sys.stderr)
         return 2
     kwargs = algorithm_kwargs(args.env_id, args.algo)
     model = _algorithm_class(args.algo)("MlpPolicy", venv, seed=args.seed, verbose=0, **kwargs)
     model.set_logger(configure(str(out), ["csv"]))
+    source: Any = gym_prefs.PygameLabeler(args.instruction) if args.labeler == "human" else "oracle"
     callback = gym_prefs.PreferenceCallback(
-        "oracle",
+        source,
         total_labels=args.labels,
         segment_length=args.segment_length,
         selection=args.selection,
