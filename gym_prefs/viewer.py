@@ -24,6 +24,7 @@ import numpy as np
 
 from gym_prefs.clips import ClipInfo, ClipRenderer
 from gym_prefs.sources.base import Answer, Label
+from gym_prefs.sources.pygame_labeler import require_pygame
 from gym_prefs.store import PreferenceStore, StoreError
 
 __all__ = ["KEY_LABELS", "Viewer", "main"]
@@ -75,6 +76,7 @@ class Viewer:
         render_size: int = 200,
         exit_when_done: bool = False,
     ) -> None:
+        require_pygame()
         import pygame
 
         self.pygame = pygame

@@ -8,13 +8,14 @@ import time
 
 import gymnasium as gym
 import numpy as np
-import pygame
 import pytest
 from stable_baselines3 import PPO
 
 import gym_prefs
 from gym_prefs import LearnedReward, PreferenceCallback, PreferenceStore, PygameLabeler
 from gym_prefs.viewer import Viewer
+
+pygame = pytest.importorskip("pygame", reason="the labelling window needs pygame: pip install 'gym-prefs[human]'")
 
 
 def train_with_a_person_who_never_answers(path, env_id="CartPole-v1", steps=1024, labels=12, **make_kwargs):
@@ -198,3 +199,12 @@ def test_a_person_labels_in_a_real_window(store_path, tmp_path):
         if viewer is not None and viewer.poll() is None:
             viewer.kill()
         xvfb.terminate()
+
+
+def test_without_pygame_the_labeler_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pygame" else real(name, *a))
+    with pytest.raises(ImportError, match=r"pip install 'gym-prefs\[human\]'"):
+        PygameLabeler()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import time
@@ -11,7 +12,15 @@ from typing import Any
 
 from gym_prefs.sources.base import Answer, Query
 
-__all__ = ["PygameLabeler"]
+__all__ = ["PygameLabeler", "require_pygame"]
+
+
+def require_pygame() -> None:
+    """Fail now, with the install command, if the labelling window cannot be opened."""
+    if importlib.util.find_spec("pygame") is None:
+        raise ImportError(
+            "a person labels in a pygame window, and pygame is not installed: pip install 'gym-prefs[human]'"
+        )
 
 ON_CLOSE = ("continue", "pause")
 
@@ -59,6 +68,7 @@ class PygameLabeler:
     ) -> None:
         if on_close not in ON_CLOSE:
             raise ValueError(f"on_close must be one of {ON_CLOSE}, got {on_close!r}")
+        require_pygame()
         self.instruction = instruction
         self.on_close = on_close
         self.labeler = labeler
