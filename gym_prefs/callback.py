@@ -549,6 +549,9 @@ class PreferenceCallback(BaseCallback):
         if self.comparisons.next_id > self._ids_in_fit:
             self._start_fit(self.fit_epochs)
             self._finish_fit()
+        # What happened since SB3's last log dump would otherwise never reach the logs.
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        self.logger.dump(self.num_timesteps)
 
     def _update(self) -> None:
         """Ask for the labels now due, collect answers, apply the last fit, start the next."""

@@ -42,7 +42,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "evaluate it on the env's true reward.",
     )
     train.add_argument("env_id", nargs="?", default=DEFAULT_ENV, help=f"Gymnasium env id (default: {DEFAULT_ENV})")
-    train.add_argument("--algo", choices=ALGORITHMS, default="ppo", help="RL algorithm (default: ppo)")
+    train.add_argument(
+        "--algo", choices=ALGORITHMS, default=None, help="RL algorithm (default: the preset's, else ppo)"
+    )
+    train.add_argument(
+        "--preset",
+        choices=("auto", "mujoco", "none"),
+        default="auto",
+        help="the paper's settings: 'auto' applies the MuJoCo preset to MuJoCo envs (TRPO, 1.5 s segments, "
+        "no termination on falling); 'none' uses the library's defaults (default: auto)",
+    )
     train.add_argument(
         "--labeler",
         choices=("oracle", "human"),
@@ -99,6 +108,28 @@ def _build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="show what a store holds", description="Show what a store holds.")
     info.add_argument("store", type=Path, help="the preference store (.db)")
 
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a saved agent on the env's true reward",
+        description="Evaluate a saved agent on the env's own (true) reward. Give a run folder written by "
+        "'gym-prefs train' (its summary.json names the env and algorithm) or an agent .zip with --env and --algo.",
+    )
+    evaluate.add_argument("agent", type=Path, help="a run folder, or an agent .zip")
+    evaluate.add_argument("--env", default=None, help="env id (default: the run's)")
+    evaluate.add_argument("--algo", choices=ALGORITHMS, default=None, help="algorithm (default: the run's)")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
+    evaluate.add_argument("--seed", type=int, default=12345, help="seed of the evaluation episodes")
+    evaluate.add_argument("--stochastic", action="store_true", help="sample actions instead of the most likely")
+
+    plot = commands.add_parser(
+        "plot",
+        help="draw learning curves of runs",
+        description="Draw the true return, the labels and the reward model's correlation with the true reward "
+        "against timesteps, for one or more run folders on one figure.",
+    )
+    plot.add_argument("runs", type=Path, nargs="+", help="run folders written by 'gym-prefs train'")
+    plot.add_argument("--out", type=Path, default=Path("curves.png"), help="the PNG to write (default: curves.png)")
+
     label = commands.add_parser(
         "label",
         help="label a store's pending clip pairs in a window",
@@ -121,7 +152,7 @@ def _train(args: argparse.Namespace) -> int:
     from stable_baselines3.common.logger import configure
 
     import gym_prefs
-    from gym_prefs.presets import algorithm_kwargs
+    from gym_prefs.presets import preset_for
 
     try:
         probe = gym.make(args.env_id)
@@ -129,53 +160,63 @@ def _train(args: argparse.Namespace) -> int:
         print(f"gym-prefs: cannot make env {args.env_id!r}: {error}", file=sys.stderr)
         return 2
     discrete = isinstance(probe.action_space, gym.spaces.Discrete)
+    action_space = probe.action_space
     probe.close()
-    if args.algo in DISCRETE_ONLY and not discrete:
+    preset = preset_for(args.env_id, args.preset, args.algo)
+    algo = preset.algo
+    if algo in DISCRETE_ONLY and not discrete:
         print(
-            f"gym-prefs: {args.algo} needs discrete actions and {args.env_id} has {probe.action_space}; "
+            f"gym-prefs: {algo} needs discrete actions and {args.env_id} has {action_space}; "
             "use --algo ppo, sac or td3",
             file=sys.stderr,
         )
         return 2
-    if args.algo in CONTINUOUS_ONLY and discrete:
+    if algo in CONTINUOUS_ONLY and discrete:
         print(
-            f"gym-prefs: {args.algo} needs continuous (Box) actions and {args.env_id} has "
-            f"{probe.action_space}; use --algo ppo, a2c or dqn",
+            f"gym-prefs: {algo} needs continuous (Box) actions and {args.env_id} has {action_space}; "
+            "use --algo ppo, a2c or dqn",
             file=sys.stderr,
         )
         return 2
+    for note in preset.notes:
+        print(f"gym-prefs ({preset.name} preset): {note}")
 
-    out = args.out or Path("runs") / f"{args.env_id.replace('/', '_')}-{args.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = args.out or Path("runs") / f"{args.env_id.replace('/', '_')}-{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
-    try:
+    env_kwargs = dict(preset.env_kwargs)
+    if args.labeler == "human":
         # A person sees the env's frames (MuJoCo envs are rendered from their states instead).
-        env_kwargs = {"render_mode": "rgb_array"} if args.labeler == "human" else None
+        env_kwargs["render_mode"] = "rgb_array"
+    try:
         venv = gym_prefs.VecLearnedReward(
-            make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs)
+            make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs or None)
         )
     except gym_prefs.UnsupportedSpaceError as error:
         print(f"gym-prefs: {error}", file=sys.stderr)
         return 2
-    kwargs = algorithm_kwargs(args.env_id, args.algo)
-    model = _algorithm_class(args.algo)("MlpPolicy", venv, seed=args.seed, verbose=0, **kwargs)
+    model = _algorithm_class(algo)("MlpPolicy", venv, seed=args.seed, verbose=0, **preset.algo_kwargs)
     model.set_logger(configure(str(out), ["csv"]))
     source: Any = gym_prefs.PygameLabeler(args.instruction) if args.labeler == "human" else "oracle"
+    callback_kwargs = dict(preset.callback_kwargs)
+    if args.segment_length is not None:
+        callback_kwargs["segment_length"] = args.segment_length
     callback = gym_prefs.PreferenceCallback(
         source,
         total_labels=args.labels,
-        segment_length=args.segment_length,
         selection=args.selection,
         store=str(args.store or out / "preferences.db"),
         seed=args.seed,
         verbose=args.verbose,
+        **callback_kwargs,
     )
     start = time.perf_counter()
     model.learn(args.steps, callback=callback)
     seconds = time.perf_counter() - start
 
+    # Evaluated on the env as everyone benchmarks it (with its own terminations and reward).
     eval_env = make_vec_env(args.env_id, n_envs=1, seed=args.seed + 10_000)
     trained, trained_std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
-    untrained_model = _algorithm_class(args.algo)("MlpPolicy", eval_env, seed=args.seed, **kwargs)
+    untrained_model = _algorithm_class(algo)("MlpPolicy", eval_env, seed=args.seed, **preset.algo_kwargs)
     untrained, _ = evaluate_policy(untrained_model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=False)
     model.save(out / "agent.zip")
     callback.reward_model.save(out / "reward_model.pt")
@@ -183,7 +224,11 @@ def _train(args: argparse.Namespace) -> int:
     callback.close()
     summary = {
         "env_id": args.env_id,
-        "algo": args.algo,
+        "algo": algo,
+        "preset": preset.name,
+        "env_kwargs": preset.env_kwargs,
+        "algo_kwargs": preset.algo_kwargs,
+        "callback_kwargs": callback_kwargs,
         "steps": args.steps,
         "labels": callback.num_labels,
         "queries": callback.num_queries,
@@ -194,7 +239,7 @@ def _train(args: argparse.Namespace) -> int:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
-        f"\n{args.env_id} / {args.algo}: {args.steps} steps, {callback.num_labels} labels "
+        f"\n{args.env_id} / {algo} ({preset.name} preset): {args.steps} steps, {callback.num_labels} labels "
         f"({callback.num_queries} asked), {seconds:.0f} s\n"
         f"true return over {args.eval_episodes} episodes: {trained:.1f} ± {trained_std:.1f} "
         f"(untrained policy: {untrained:.1f})\n"
@@ -239,6 +284,34 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    agent, env_id, algo = args.agent, args.env, args.algo
+    if agent.is_dir():
+        summary = json.loads((agent / "summary.json").read_text()) if (agent / "summary.json").exists() else {}
+        env_id, algo, agent = env_id or summary.get("env_id"), algo or summary.get("algo"), agent / "agent.zip"
+    if not agent.exists():
+        raise FileNotFoundError(f"no agent at {agent}")
+    if env_id is None or algo is None:
+        print("gym-prefs: name the env and the algorithm: --env ENV_ID --algo ALGO", file=sys.stderr)
+        return 2
+    model = _algorithm_class(algo).load(agent)
+    env = make_vec_env(env_id, n_envs=1, seed=args.seed)
+    mean, std = evaluate_policy(model, env, n_eval_episodes=args.episodes, deterministic=not args.stochastic)
+    print(f"{env_id} / {algo}: true return over {args.episodes} episodes: {mean:.1f} ± {std:.1f}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from gym_prefs.plots import plot_runs
+
+    plot_runs(args.runs, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def _label(args: argparse.Namespace) -> int:
     from gym_prefs.viewer import Viewer
 
@@ -265,7 +338,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gym_prefs.store import StoreError
 
     args = _build_parser().parse_args(argv)
-    commands = {"train": _train, "fit": _fit, "export": _export, "import": _import, "info": _info, "label": _label}
+    commands = {
+        "train": _train,
+        "eval": _eval,
+        "plot": _plot,
+        "fit": _fit,
+        "export": _export,
+        "import": _import,
+        "info": _info,
+        "label": _label,
+    }
     try:
         return int(commands[args.command](args))
     except (StoreError, FileNotFoundError) as error:

@@ -1,13 +1,46 @@
-"""Known-good algorithm settings for environments the command line trains on."""
+"""The paper's settings in one place, and known-good settings for the default env.
+
+``preset_for(env_id)`` returns how to make the env, which algorithm to train with, and the
+:class:`~gym_prefs.PreferenceCallback` arguments, so that ``gym-prefs train ENV_ID`` (or a
+script) reproduces the paper's setup without a page of flags.
+
+**Why termination matters.** The learned reward is normalised to mean zero. In an env whose
+episode ends when the agent fails (a Hopper falling over), a zero-mean reward gives no reason
+to stay alive, and a slightly negative stretch gives a reason to fall on purpose; the env's
+"alive bonus" was doing that work, and it is not in the learned reward. The paper therefore
+removed such terminations, so that falling is something the learned reward itself must
+penalise. The MuJoCo preset turns them off (``terminate_when_unhealthy=False``) where the env
+allows it; for envs that keep them (the inverted pendulums) it centres the learned reward on
++1 instead of 0, so that every step alive is worth something, as the env intends.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_ENV", "algorithm_kwargs"]
+import gymnasium as gym
+
+__all__ = [
+    "DEFAULT_ENV",
+    "PRESETS",
+    "Preset",
+    "algorithm_kwargs",
+    "is_mujoco",
+    "mujoco_preset",
+    "preset_for",
+]
 
 #: The env ``gym-prefs train`` uses when none is named: cheap, and its reward is informative.
 DEFAULT_ENV = "Pendulum-v1"
+#: Names accepted by :func:`preset_for` (``"auto"`` picks from the env).
+PRESETS = ("auto", "mujoco", "none")
+#: Segment duration in simulated time (the paper's MuJoCo clips).
+MUJOCO_SEGMENT_SECONDS = 1.5
+#: MuJoCo envs whose episodes end when the agent fails, with no option to turn that off.
+_KEEPS_TERMINATION = ("InvertedPendulum", "InvertedDoublePendulum")
 
 # PPO on Pendulum as tuned by the RL Baselines3 Zoo (4 envs); it swings up in about 40k steps.
 _PENDULUM_PPO: dict[str, Any] = {
@@ -28,7 +61,7 @@ _TABLE: dict[tuple[str, str], dict[str, Any]] = {
 
 
 def algorithm_kwargs(env_id: str, algo: str) -> dict[str, Any]:
-    """Constructor arguments for ``algo`` on ``env_id`` (empty: the algorithm's defaults).
+    """Known-good constructor arguments for ``algo`` on ``env_id`` (empty: the algorithm's defaults).
 
     Example:
         >>> algorithm_kwargs("Pendulum-v1", "ppo")["gamma"]
@@ -37,3 +70,114 @@ def algorithm_kwargs(env_id: str, algo: str) -> dict[str, Any]:
         {}
     """
     return dict(_TABLE.get((env_id, algo), {}))
+
+
+@dataclass
+class Preset:
+    """How to make an env, which algorithm to train with, and the callback's arguments.
+
+    Attributes:
+        name: ``"mujoco"`` or ``"none"``.
+        env_kwargs: passed to ``gym.make``.
+        algo: the algorithm (``"trpo"``, ``"ppo"``, ...).
+        algo_kwargs: passed to the algorithm's constructor.
+        callback_kwargs: passed to :class:`~gym_prefs.PreferenceCallback`.
+        notes: what the preset changed, for the user to read.
+    """
+
+    name: str
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    algo: str = "ppo"
+    algo_kwargs: dict[str, Any] = field(default_factory=dict)
+    callback_kwargs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _env_class(env_id: str) -> type[Any] | None:
+    entry = gym.spec(env_id).entry_point
+    if not isinstance(entry, str):
+        return entry if isinstance(entry, type) else None
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name, None)
+
+
+def is_mujoco(env_id: str) -> bool:
+    """Whether ``env_id`` is one of Gymnasium's MuJoCo envs."""
+    entry = gym.spec(env_id).entry_point
+    return isinstance(entry, str) and entry.startswith("gymnasium.envs.mujoco")
+
+
+def mujoco_preset(env_id: str) -> Preset:
+    """The paper's MuJoCo settings for ``env_id``.
+
+    TRPO with γ = 0.995 and λ = 0.97; segments of 1.5 s of simulated time (at most half an
+    episode, so that Reacher's 50-step episodes hold two); 25% of the labels before RL; an
+    ensemble of 3 with reward std 1; termination on falling removed where the env allows it
+    (see the module docstring for why, and for envs that keep it).
+
+    Example:
+        >>> preset = mujoco_preset("Hopper-v5")
+        >>> preset.env_kwargs, preset.algo, preset.callback_kwargs["segment_length"]
+        ({'terminate_when_unhealthy': False}, 'trpo', 188)
+    """
+    if not is_mujoco(env_id):
+        raise ValueError(f"{env_id} is not a Gymnasium MuJoCo env; the MuJoCo preset does not apply")
+    notes = []
+    env_kwargs: dict[str, Any] = {}
+    env_class = _env_class(env_id)
+    if env_class is not None and "terminate_when_unhealthy" in inspect.signature(env_class.__init__).parameters:
+        env_kwargs["terminate_when_unhealthy"] = False
+        notes.append("episodes no longer end when the robot falls: the learned reward must penalise falling")
+    keeps_termination = env_id.split("-")[0] in _KEEPS_TERMINATION
+    spec = gym.spec(env_id)
+    env = gym.make(env_id, **env_kwargs)
+    dt = float(env.unwrapped.dt)  # type: ignore[attr-defined]
+    env.close()
+    segment = max(1, round(MUJOCO_SEGMENT_SECONDS / dt))
+    if spec.max_episode_steps and segment > spec.max_episode_steps // 2:
+        segment = max(1, spec.max_episode_steps // 2)
+        notes.append(f"segments cut to {segment} steps, half of the {spec.max_episode_steps}-step episodes")
+    reward_model: dict[str, Any] = {"n_members": 3, "reward_std": 1.0}
+    if keeps_termination:
+        reward_model["reward_mean"] = 1.0
+        notes.append("episodes still end on failure: the learned reward is centred on +1 so staying alive pays")
+    notes.append("sb3-contrib's TRPO has no entropy bonus, so the paper's 0.01 is not applied")
+    return Preset(
+        name="mujoco",
+        env_kwargs=env_kwargs,
+        algo="trpo",
+        algo_kwargs={"gamma": 0.995, "gae_lambda": 0.97},
+        callback_kwargs={
+            "segment_length": segment,
+            "initial_label_fraction": 0.25,
+            "reward_model": reward_model,
+        },
+        notes=notes,
+    )
+
+
+def preset_for(env_id: str, name: str = "auto", algo: str | None = None) -> Preset:
+    """The settings to train ``env_id`` with.
+
+    Args:
+        env_id: a Gymnasium env id.
+        name: ``"auto"`` (the MuJoCo preset for MuJoCo envs, else none), ``"mujoco"`` or
+            ``"none"`` (the library's and algorithm's defaults).
+        algo: the algorithm to use instead of the preset's.
+
+    Example:
+        >>> preset_for("Pendulum-v1").algo_kwargs["gamma"]
+        0.9
+        >>> preset_for("HalfCheetah-v5", algo="sac").algo_kwargs
+        {}
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+    if name == "mujoco" or (name == "auto" and is_mujoco(env_id)):
+        preset = mujoco_preset(env_id)
+        if algo is not None and algo != preset.algo:
+            # The paper's discount and GAE settings belong to TRPO; other algorithms keep theirs.
+            preset.algo, preset.algo_kwargs = algo, algorithm_kwargs(env_id, algo)
+        return preset
+    chosen = algo or "ppo"
+    return Preset(name="none", algo=chosen, algo_kwargs=algorithm_kwargs(env_id, chosen))

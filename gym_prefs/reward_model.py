@@ -58,6 +58,9 @@ class RewardEnsemble(nn.Module):
         n_members: number of predictors (the paper: 3).
         reward_std: standard deviation of every member's normalised output (the paper: 1 for
             MuJoCo, 0.05 for Atari).
+        reward_mean: mean of every member's normalised output (the paper: 0). A positive mean
+            keeps an agent from ending episodes on purpose in envs whose episodes end when it
+            fails (see :mod:`gym_prefs.presets`).
         network: ``"auto"`` (CNN for images, else MLP), ``"mlp"`` or ``"cnn"``.
         hidden_sizes: hidden widths of the MLP.
         dropout: dropout probability (MLP hidden layers; CNN conv layers). ``None`` picks
@@ -97,6 +100,7 @@ class RewardEnsemble(nn.Module):
         action_space: spaces.Space[Any],
         n_members: int = 3,
         reward_std: float = 1.0,
+        reward_mean: float = 0.0,
         network: str = "auto",
         hidden_sizes: Sequence[int] = (64, 64),
         dropout: float | None = None,
@@ -120,6 +124,7 @@ class RewardEnsemble(nn.Module):
         self._act_shape = shape_of(action_space)
         self.n_members = n_members
         self.reward_std = float(reward_std)
+        self.reward_mean = float(reward_mean)
         self.image_obs = is_image(observation_space)
         if network == "cnn" and not self.image_obs:
             raise ValueError(f"network='cnn' needs uint8 image observations in [0, 255], got {observation_space}")
@@ -341,13 +346,15 @@ class RewardEnsemble(nn.Module):
 
     @torch.inference_mode()
     def calibrate(self, obs: np.ndarray, act: np.ndarray) -> None:
-        """Normalise every member to zero mean and std ``reward_std`` on these transitions."""
+        """Normalise every member to mean ``reward_mean`` and std ``reward_std`` on these transitions."""
         self.offset.zero_()
         self.scale.fill_(1.0)
         raw = self.predict_members(obs, act).reshape(self.n_members, -1)
-        self.offset.copy_(torch.as_tensor(raw.mean(axis=1)))
         std = raw.std(axis=1)
-        self.scale.copy_(torch.as_tensor(self.reward_std / np.maximum(std, 1e-8)))
+        scale = self.reward_std / np.maximum(std, 1e-8)
+        self.scale.copy_(torch.as_tensor(scale))
+        # (raw - offset) * scale has mean reward_mean when offset = mean - reward_mean / scale.
+        self.offset.copy_(torch.as_tensor(raw.mean(axis=1) - self.reward_mean / scale))
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
@@ -357,6 +364,7 @@ class RewardEnsemble(nn.Module):
             "action_space": space_to_config(self.action_space),
             "n_members": self.n_members,
             "reward_std": self.reward_std,
+            "reward_mean": self.reward_mean,
             "network": self.network,
             "hidden_sizes": list(self.hidden_sizes),
             "dropout": self.dropout,

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 
 from gym_prefs.cli import main as cli
@@ -16,7 +17,7 @@ def test_train_leaves_its_artefacts_and_evaluates_on_the_true_reward(tmp_path, c
     assert "true return over 2 episodes" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["train", "fit", "export", "import", "info", "label"])
+@pytest.mark.parametrize("command", ["train", "eval", "plot", "fit", "export", "import", "info", "label"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as done:
         cli([command, "--help"])
@@ -36,3 +37,45 @@ def test_every_command_has_help(command, capsys):
 def test_bad_input_says_what_to_do(args, message, capsys):
     assert cli(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    runs = []
+    for seed in (0, 1):
+        out = tmp_path_factory.mktemp("runs") / f"pendulum-{seed}"
+        args = ["train", "Pendulum-v1", "--steps", "8192", "--labels", "12", "--eval-episodes", "1"]
+        assert cli([*args, "--seed", str(seed), "--out", str(out), "--verbose", "0", "--segment-length", "10"]) == 0
+        runs.append(out)
+    return runs
+
+
+def test_eval_scores_a_saved_agent_on_the_true_reward(two_runs, capsys):
+    assert cli(["eval", str(two_runs[0]), "--episodes", "2"]) == 0
+    assert "Pendulum-v1 / ppo: true return over 2 episodes" in capsys.readouterr().out
+    agent = two_runs[0] / "agent.zip"
+    assert cli(["eval", str(agent), "--episodes", "1"]) == 2  # a bare .zip needs the env and algorithm
+    assert "--env ENV_ID --algo ALGO" in capsys.readouterr().err
+    assert cli(["eval", str(agent), "--env", "Pendulum-v1", "--algo", "ppo", "--episodes", "1"]) == 0
+
+
+def test_plot_draws_every_run_with_the_logged_data(two_runs, tmp_path):
+    from gym_prefs.plots import CURVES, load_curves, plot_runs
+
+    figure = plot_runs(two_runs, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    for axis, (key, _) in zip(figure.axes, CURVES, strict=True):
+        lines = axis.get_lines()
+        assert len(lines) == 2  # one per run
+        for line, run in zip(lines, two_runs, strict=True):
+            steps, values = load_curves(run)[key]
+            assert len(values) >= 1
+            np.testing.assert_array_equal(line.get_ydata(), values)
+    labels = load_curves(two_runs[0])["preferences/labels"][1]
+    assert labels[-1] == 12 and np.all(np.diff(labels) >= 0)
+    assert cli(["plot", str(two_runs[0]), "--out", str(tmp_path / "one.png")]) == 0
+
+
+def test_plot_of_a_folder_without_logs_says_so(tmp_path, capsys):
+    assert cli(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert "progress.csv" in capsys.readouterr().err

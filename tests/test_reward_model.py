@@ -52,14 +52,14 @@ def test_members_start_different_and_predict_in_one_call():
     assert np.all(np.std(out, axis=0) > 0)
 
 
-@pytest.mark.parametrize("reward_std", [1.0, 0.05])
-def test_calibration_gives_each_member_zero_mean_and_the_target_std(reward_std):
-    model = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, reward_std=reward_std, seed=1))
+@pytest.mark.parametrize(("reward_std", "reward_mean"), [(1.0, 0.0), (0.05, 0.0), (1.0, 1.0)])
+def test_calibration_gives_each_member_the_target_mean_and_std(reward_std, reward_mean):
+    model = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, reward_std=reward_std, reward_mean=reward_mean, seed=1))
     rng = np.random.default_rng(1)
     obs, act = rng.normal(size=(500, 5)), rng.uniform(-1, 1, (500, 2))
     model.calibrate(obs, act)
     members = model.predict_members(obs, act)
-    np.testing.assert_allclose(members.mean(axis=1), 0.0, atol=1e-4)
+    np.testing.assert_allclose(members.mean(axis=1), reward_mean, atol=1e-4)
     np.testing.assert_allclose(members.std(axis=1), reward_std, rtol=1e-3)
     # The ensemble prediction is the mean of the normalised members.
     np.testing.assert_allclose(model.predict(obs, act), members.mean(axis=0), rtol=1e-5, atol=1e-6)
