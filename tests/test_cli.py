@@ -68,7 +68,7 @@ def test_plot_draws_every_run_with_the_logged_data(two_runs, tmp_path):
         lines = axis.get_lines()
         assert len(lines) == 2  # one per run
         for line, run in zip(lines, two_runs, strict=True):
-            steps, values = load_curves(run)[key]
+            _, values = load_curves(run)[key]
             assert len(values) >= 1
             np.testing.assert_array_equal(line.get_ydata(), values)
     labels = load_curves(two_runs[0])["preferences/labels"][1]
