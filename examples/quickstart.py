@@ -1,11 +1,13 @@
 """Quickstart: PPO learns Pendulum from 200 synthetic preferences, never seeing the reward.
 
-Run it top to bottom (about a minute on 2 CPU cores):
+Run it top to bottom (under a minute on 2 CPU cores; ``--smoke`` for a few-second check):
 
     python examples/quickstart.py
 
 It prints the agent's return on the env's true reward before and after training.
 """
+
+import sys
 
 import numpy as np
 from stable_baselines3 import PPO
@@ -15,8 +17,9 @@ from stable_baselines3.common.evaluation import evaluate_policy
 import gym_prefs
 
 ENV_ID = "Pendulum-v1"
-STEPS = 40_000
-LABELS = 200
+SMOKE = "--smoke" in sys.argv  # a few seconds, to check that everything runs
+STEPS = 4_096 if SMOKE else 40_000
+LABELS = 20 if SMOKE else 200
 SEED = 0
 
 # 1. Hide the true reward: the agent sees r̂(o, a) from the reward model instead.
@@ -53,6 +56,7 @@ after, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=Tr
 print(f"true return before: {before:.0f}, after: {after:.0f} ({callback.num_labels} labels)")
 print("where the time went:", {k: round(v, 2) for k, v in callback.time_breakdown().items()})
 callback.reward_model.save("pendulum_reward_model.pt")
+callback.close()
 
 # The learned reward is a RewardEnsemble you can query like any function of (obs, action).
 upright, hanging = np.array([[1.0, 0.0, 0.0]]), np.array([[-1.0, 0.0, 0.0]])
