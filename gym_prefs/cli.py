@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -47,10 +48,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--preset",
-        choices=("auto", "mujoco", "none"),
+        choices=("auto", "mujoco", "atari", "none"),
         default="auto",
         help="the paper's settings: 'auto' applies the MuJoCo preset to MuJoCo envs (TRPO, 1.5 s segments, "
-        "no termination on falling); 'none' uses the library's defaults (default: auto)",
+        "no termination on falling) and the Atari one to ALE/ envs (A2C, 16 envs, preprocessing, score "
+        "blacked out for the reward model); 'none' uses the library's defaults (default: auto)",
     )
     train.add_argument(
         "--labeler",
@@ -61,7 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--instruction", default="", help="with --labeler human: what to teach, shown in the window")
     train.add_argument("--labels", type=int, default=200, help="label budget (default: 200)")
     train.add_argument("--steps", type=int, default=40_000, help="environment steps of RL (default: 40000)")
-    train.add_argument("--n-envs", type=int, default=4, help="parallel envs (default: 4)")
+    train.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's, else 4)")
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--segment-length", type=int, default=None, help="steps per clip (default: 1.5 s of env time)")
     train.add_argument(
@@ -76,6 +78,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="preference store to use or continue (default: OUT/preferences.db)",
     )
     train.add_argument("--verbose", type=int, default=1, help="0 quiet, 1 a line per reward-model fit")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     fit = commands.add_parser(
         "fit",
@@ -154,6 +157,10 @@ def _train(args: argparse.Namespace) -> int:
     import gym_prefs
     from gym_prefs.presets import preset_for
 
+    if args.env_id.startswith("ALE/"):
+        import ale_py
+
+        gym.register_envs(ale_py)
     try:
         probe = gym.make(args.env_id)
     except gym.error.Error as error:
@@ -162,7 +169,8 @@ def _train(args: argparse.Namespace) -> int:
     discrete = isinstance(probe.action_space, gym.spaces.Discrete)
     action_space = probe.action_space
     probe.close()
-    preset = preset_for(args.env_id, args.preset, args.algo)
+    preset = preset_for(args.env_id, args.preset, args.algo, total_labels=args.labels)
+    n_envs = args.n_envs or preset.n_envs or 4
     algo = preset.algo
     if algo in DISCRETE_ONLY and not discrete:
         print(
@@ -188,14 +196,24 @@ def _train(args: argparse.Namespace) -> int:
         # A person sees the env's frames (MuJoCo envs are rendered from their states instead).
         env_kwargs["render_mode"] = "rgb_array"
     try:
-        venv = gym_prefs.VecLearnedReward(
-            make_vec_env(args.env_id, n_envs=args.n_envs, seed=args.seed, env_kwargs=env_kwargs or None)
-        )
+        if preset.name == "atari":
+            from gym_prefs.atari import make_atari_env
+
+            venv = make_atari_env(args.env_id, n_envs, args.seed, render_mode=env_kwargs.get("render_mode"))
+        else:
+            venv = gym_prefs.VecLearnedReward(
+                make_vec_env(args.env_id, n_envs=n_envs, seed=args.seed, env_kwargs=env_kwargs or None)
+            )
     except gym_prefs.UnsupportedSpaceError as error:
         print(f"gym-prefs: {error}", file=sys.stderr)
         return 2
-    model = _algorithm_class(algo)("MlpPolicy", venv, seed=args.seed, verbose=0, **preset.algo_kwargs)
-    model.set_logger(configure(str(out), ["csv"]))
+    model = _algorithm_class(algo)(preset.policy, venv, seed=args.seed, verbose=0, **preset.algo_kwargs)
+    formats = ["csv"]
+    if importlib.util.find_spec("tensorboard") is not None:
+        formats.append("tensorboard")
+    else:
+        print("gym-prefs: for TensorBoard logs in the run folder: pip install 'gym-prefs[tensorboard]'")
+    model.set_logger(configure(str(out), formats))
     source: Any = gym_prefs.PygameLabeler(args.instruction) if args.labeler == "human" else "oracle"
     callback_kwargs = dict(preset.callback_kwargs)
     if args.segment_length is not None:
@@ -210,13 +228,13 @@ def _train(args: argparse.Namespace) -> int:
         **callback_kwargs,
     )
     start = time.perf_counter()
-    model.learn(args.steps, callback=callback)
+    model.learn(args.steps, callback=callback, progress_bar=not args.no_progress)
     seconds = time.perf_counter() - start
 
     # Evaluated on the env as everyone benchmarks it (with its own terminations and reward).
-    eval_env = make_vec_env(args.env_id, n_envs=1, seed=args.seed + 10_000)
+    eval_env = _evaluation_env(args.env_id, preset.name, args.seed + 10_000)
     trained, trained_std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
-    untrained_model = _algorithm_class(algo)("MlpPolicy", eval_env, seed=args.seed, **preset.algo_kwargs)
+    untrained_model = _algorithm_class(algo)(preset.policy, eval_env, seed=args.seed, **preset.algo_kwargs)
     untrained, _ = evaluate_policy(untrained_model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=False)
     model.save(out / "agent.zip")
     callback.reward_model.save(out / "reward_model.pt")
@@ -237,7 +255,7 @@ def _train(args: argparse.Namespace) -> int:
         "untrained_true_return": untrained,
         "train_seconds": seconds,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print(
         f"\n{args.env_id} / {algo} ({preset.name} preset): {args.steps} steps, {callback.num_labels} labels "
         f"({callback.num_queries} asked), {seconds:.0f} s\n"
@@ -246,6 +264,17 @@ def _train(args: argparse.Namespace) -> int:
         f"saved agent.zip, reward_model.pt, progress.csv and summary.json in {out}; labels in {store_path}"
     )
     return 0
+
+
+def _evaluation_env(env_id: str, preset: str, seed: int) -> Any:
+    """The env as everyone benchmarks it: its own terminations and reward (Atari: same preprocessing)."""
+    if preset == "atari":
+        from gym_prefs.atari import make_atari_eval_env
+
+        return make_atari_eval_env(env_id, seed=seed)
+    from stable_baselines3.common.env_util import make_vec_env
+
+    return make_vec_env(env_id, n_envs=1, seed=seed)
 
 
 def _open_store(path: Path) -> Any:
@@ -285,7 +314,6 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
 
     agent, env_id, algo = args.agent, args.env, args.algo
@@ -298,7 +326,12 @@ def _eval(args: argparse.Namespace) -> int:
         print("gym-prefs: name the env and the algorithm: --env ENV_ID --algo ALGO", file=sys.stderr)
         return 2
     model = _algorithm_class(algo).load(agent)
-    env = make_vec_env(env_id, n_envs=1, seed=args.seed)
+    if env_id.startswith("ALE/"):
+        import ale_py
+        import gymnasium as gym
+
+        gym.register_envs(ale_py)
+    env = _evaluation_env(env_id, "atari" if env_id.startswith("ALE/") else "none", args.seed)
     mean, std = evaluate_policy(model, env, n_eval_episodes=args.episodes, deterministic=not args.stochastic)
     print(f"{env_id} / {algo}: true return over {args.episodes} episodes: {mean:.1f} ± {std:.1f}")
     return 0

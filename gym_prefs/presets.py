@@ -28,6 +28,7 @@ __all__ = [
     "PRESETS",
     "Preset",
     "algorithm_kwargs",
+    "atari_preset",
     "is_mujoco",
     "mujoco_preset",
     "preset_for",
@@ -36,7 +37,7 @@ __all__ = [
 #: The env ``gym-prefs train`` uses when none is named: cheap, and its reward is informative.
 DEFAULT_ENV = "Pendulum-v1"
 #: Names accepted by :func:`preset_for` (``"auto"`` picks from the env).
-PRESETS = ("auto", "mujoco", "none")
+PRESETS = ("auto", "mujoco", "atari", "none")
 #: Segment duration in simulated time (the paper's MuJoCo clips).
 MUJOCO_SEGMENT_SECONDS = 1.5
 #: MuJoCo envs whose episodes end when the agent fails, with no option to turn that off.
@@ -77,12 +78,14 @@ class Preset:
     """How to make an env, which algorithm to train with, and the callback's arguments.
 
     Attributes:
-        name: ``"mujoco"`` or ``"none"``.
+        name: ``"mujoco"``, ``"atari"`` or ``"none"``.
         env_kwargs: passed to ``gym.make``.
         algo: the algorithm (``"trpo"``, ``"ppo"``, ...).
         algo_kwargs: passed to the algorithm's constructor.
         callback_kwargs: passed to :class:`~gym_prefs.PreferenceCallback`.
         notes: what the preset changed, for the user to read.
+        policy: the SB3 policy (``"CnnPolicy"`` for Atari frames).
+        n_envs: parallel envs (``None``: the caller's choice).
     """
 
     name: str
@@ -91,6 +94,8 @@ class Preset:
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
     callback_kwargs: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    policy: str = "MlpPolicy"
+    n_envs: int | None = None
 
 
 def _env_class(env_id: str) -> type[Any] | None:
@@ -156,14 +161,76 @@ def mujoco_preset(env_id: str) -> Preset:
     )
 
 
-def preset_for(env_id: str, name: str = "auto", algo: str | None = None) -> Preset:
+def _linear(start: float) -> Any:
+    """A learning rate decaying linearly from ``start`` to 0 over training (SB3 schedule)."""
+
+    def schedule(progress_remaining: float) -> float:
+        return start * progress_remaining
+
+    schedule.__name__ = f"linear_{start:g}"
+    return schedule
+
+
+def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
+    """The paper's Atari settings for an ALE env id (``"ALE/Pong-v5"``).
+
+    A2C with 16 envs, n_steps 5, learning rate 7e-4 decaying linearly, entropy 0.01, γ 0.99;
+    the standard preprocessing with episode ends hidden from the agent (see
+    :func:`gym_prefs.atari.make_atari_env`); the paper's CNN with batch norm and dropout 0.5,
+    the score rows blacked out in its input; 25-step segments; 500 labels and 200 epochs of
+    fitting before RL; reward std 0.05; fitting on the newest 3,000 labels.
+
+    Example:
+        >>> preset = atari_preset("ALE/Pong-v5", total_labels=3300)
+        >>> settings = preset.callback_kwargs
+        >>> preset.algo, settings["segment_length"], settings["reward_model"]["image_mask_rows"]
+        ('a2c', 25, [(0, 10)])
+    """
+    from gym_prefs.atari import SCORE_ROWS, atari_game, mask_rows_for
+
+    game = atari_game(env_id)
+    if game is None:
+        raise ValueError(f"{env_id} is not an ALE env id (like 'ALE/Pong-v5'); the Atari preset does not apply")
+    notes = ["standard preprocessing: no-op starts, frame-skip 4 with max-pooling, 84x84 grey, 4 stacked"]
+    notes.append("the agent sees no life lost and no game over: a new game simply starts")
+    if game in SCORE_ROWS:
+        notes.append(f"the score area of {game} is blacked out in the reward model's input")
+    else:
+        notes.append(f"no score area is known for {game}: the reward model may read the score")
+    initial = min(total_labels, 500)
+    return Preset(
+        name="atari",
+        algo="a2c",
+        algo_kwargs={"n_steps": 5, "learning_rate": _linear(7e-4), "ent_coef": 0.01, "gamma": 0.99},
+        callback_kwargs={
+            "segment_length": 25,
+            "initial_label_fraction": initial / total_labels if total_labels else 0.0,
+            "initial_fit_epochs": 200,
+            "max_comparisons": 3000,
+            # 16 pairs of 2 x 25 stacked frames per member keep a fit step near 250 MB.
+            "batch_size": 16,
+            "reward_model": {
+                "n_members": 3,
+                "reward_std": 0.05,
+                "dropout": 0.5,
+                "image_mask_rows": mask_rows_for(game),
+            },
+        },
+        notes=notes,
+        policy="CnnPolicy",
+        n_envs=16,
+    )
+
+
+def preset_for(env_id: str, name: str = "auto", algo: str | None = None, total_labels: int = 700) -> Preset:
     """The settings to train ``env_id`` with.
 
     Args:
         env_id: a Gymnasium env id.
-        name: ``"auto"`` (the MuJoCo preset for MuJoCo envs, else none), ``"mujoco"`` or
-            ``"none"`` (the library's and algorithm's defaults).
+        name: ``"auto"`` (the MuJoCo preset for MuJoCo envs, the Atari one for ``ALE/`` ids,
+            else none), ``"mujoco"``, ``"atari"`` or ``"none"`` (the library's defaults).
         algo: the algorithm to use instead of the preset's.
+        total_labels: the label budget (the Atari preset asks 500 of them before RL).
 
     Example:
         >>> preset_for("Pendulum-v1").algo_kwargs["gamma"]
@@ -173,6 +240,11 @@ def preset_for(env_id: str, name: str = "auto", algo: str | None = None) -> Pres
     """
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
+    if name == "atari" or (name == "auto" and env_id.startswith("ALE/")):
+        preset = atari_preset(env_id, total_labels)
+        if algo is not None and algo != preset.algo:
+            preset.algo, preset.algo_kwargs = algo, algorithm_kwargs(env_id, algo)
+        return preset
     if name == "mujoco" or (name == "auto" and is_mujoco(env_id)):
         preset = mujoco_preset(env_id)
         if algo is not None and algo != preset.algo:

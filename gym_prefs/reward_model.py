@@ -71,6 +71,8 @@ class RewardEnsemble(nn.Module):
             exploits any spurious dependence on the action it controls at once. On Pendulum
             with PPO and 200 labels, observation-only rewards swung up on 4 of 5 seeds, and
             r̂(o, a) on 1 or 2 of 5. Turn it on for the paper's r̂(o, a).
+        image_mask_rows: ``(start, stop)`` rows of image observations to black out before the
+            network sees them (the Atari score, so the reward model cannot read it).
         member_factory: build each member yourself: ``factory(obs_shape, act_dim)`` returns a
             module whose ``forward(obs, act)`` maps a batch to ``[batch]`` rewards. Give it as
             a callable or as an import path ``"package.module:function"`` (the path is saved,
@@ -105,6 +107,7 @@ class RewardEnsemble(nn.Module):
         hidden_sizes: Sequence[int] = (64, 64),
         dropout: float | None = None,
         use_actions: bool = False,
+        image_mask_rows: Sequence[Sequence[int]] = (),
         member_factory: MemberFactory | str | None = None,
         device: str | torch.device = "cpu",
         seed: int | None = None,
@@ -130,6 +133,7 @@ class RewardEnsemble(nn.Module):
             raise ValueError(f"network='cnn' needs uint8 image observations in [0, 255], got {observation_space}")
         self.network = ("cnn" if self.image_obs else "mlp") if network == "auto" else network
         self.use_actions = use_actions
+        self.image_mask_rows = [(int(a), int(b)) for a, b in image_mask_rows]
         self.act_dim = encoded_size(action_space) if use_actions else 0
         if self.network == "cnn":
             self.obs_shape: tuple[int, ...] = image_shape_chw(observation_space)  # type: ignore[arg-type]
@@ -226,6 +230,8 @@ class RewardEnsemble(nn.Module):
                 images = images.transpose(0, 3, 1, 2)
             obs_t = torch.as_tensor(np.ascontiguousarray(images), device=self.device)
             obs_t = obs_t.float().div_(255.0)
+            for start, stop in self.image_mask_rows:
+                obs_t[:, :, start:stop, :] = 0.0
         else:
             flat = encode(self.observation_space, obs.reshape(count, *self._obs_shape))
             obs_t = (torch.as_tensor(flat, device=self.device) - self.obs_mean) / self.obs_std
@@ -369,6 +375,7 @@ class RewardEnsemble(nn.Module):
             "hidden_sizes": list(self.hidden_sizes),
             "dropout": self.dropout,
             "use_actions": self.use_actions,
+            "image_mask_rows": [list(rows) for rows in self.image_mask_rows],
             "member_factory": self.factory_path,
         }
 

@@ -14,6 +14,7 @@ def test_train_leaves_its_artefacts_and_evaluates_on_the_true_reward(tmp_path, c
         assert (out / name).exists(), name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["queries"] == 10 and summary["env_id"] == "CartPole-v1"
+    assert list(out.glob("events.out.tfevents.*")), "no TensorBoard log"
     assert "true return over 2 episodes" in capsys.readouterr().out
 
 

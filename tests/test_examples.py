@@ -17,6 +17,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
         ("mujoco_trpo.py", "runs/Hopper-v5-trpo/agent.zip", "Hopper-v5: true return"),
         ("sac_relabelling.py", "runs/pendulum-sac/preferences.db", "buffer matches the newest reward model: True"),
         ("human_backflip.py", "runs/hopper-backflip/agent.zip", "0 labels given; 4 asked"),
+        ("atari_a2c.py", "runs/Pong-a2c/reward_model.pt", "Pong: score"),
     ],
 )
 def test_example_smoke_mode(script, artefact, expected, tmp_path):

@@ -1,0 +1,182 @@
+"""Atari as in the paper: standard preprocessing, hidden episode ends, score areas blacked out.
+
+- :class:`AtariPreprocessing`: 0-30 no-op starts, frame-skip 4 with the max of the last two
+  frames, 84x84 grey (NumPy only, no OpenCV needed).
+- :class:`HideEpisodeEnds`: the agent never sees a life lost or a game over; a new game simply
+  starts (the reward wrapper inside still sees the real ends, so segments never span them).
+- :data:`SCORE_ROWS`: screen rows that show the score (and BeamRider's enemy count, Enduro's
+  speedometer), blacked out in the reward model's input so it cannot read the score.
+- :func:`make_atari_env`: the whole stack for one game, reward hidden, frames stacked by 4.
+"""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = [
+    "PAPER_GAMES",
+    "SCORE_ROWS",
+    "AtariPreprocessing",
+    "HideEpisodeEnds",
+    "atari_game",
+    "make_atari_env",
+    "make_atari_eval_env",
+    "mask_rows_for",
+]
+
+#: Rows of the 210x160 screen to black out for the reward model, per game (start, stop).
+SCORE_ROWS: dict[str, list[tuple[int, int]]] = {
+    "Pong": [(0, 24)],
+    "Breakout": [(0, 17)],
+    "BeamRider": [(0, 42)],  # score, sector and the count of enemies left
+    "Enduro": [(160, 196)],  # speedometer, odometer and cars left to pass
+    "Qbert": [(0, 28)],
+    "SpaceInvaders": [(0, 22)],
+    "Seaquest": [(0, 20)],
+}
+#: The paper's seven games.
+PAPER_GAMES = tuple(SCORE_ROWS)
+SCREEN_ROWS = 210
+SIZE = 84
+
+
+def atari_game(env_id: str) -> str | None:
+    """The game name of an ALE env id (``"ALE/Pong-v5"`` -> ``"Pong"``), else ``None``."""
+    if not env_id.startswith("ALE/"):
+        return None
+    return env_id[4:].split("-")[0]
+
+
+def mask_rows_for(game: str, rows: int = SIZE) -> list[tuple[int, int]]:
+    """The game's score rows scaled to an image of ``rows`` rows (rounded outwards)."""
+    scale = rows / SCREEN_ROWS
+    return [(int(np.floor(a * scale)), int(np.ceil(b * scale))) for a, b in SCORE_ROWS.get(game, [])]
+
+
+def _resize_matrix(source: int, target: int) -> np.ndarray:
+    """``[target, source]`` bilinear interpolation weights."""
+    positions = (np.arange(target) + 0.5) * source / target - 0.5
+    low = np.clip(np.floor(positions).astype(int), 0, source - 1)
+    high = np.clip(low + 1, 0, source - 1)
+    frac = np.clip(positions - low, 0.0, 1.0)
+    weights = np.zeros((target, source), dtype=np.float32)
+    weights[np.arange(target), low] += 1 - frac
+    weights[np.arange(target), high] += frac
+    return weights
+
+
+class AtariPreprocessing(gym.Wrapper[np.ndarray, int, np.ndarray, int]):
+    """No-op starts, frame-skip with max-pooling, 84x84 grey frames, for an ALE env.
+
+    The env must be made with ``frameskip=1`` and ``obs_type="grayscale"``.
+
+    Example:
+        >>> import ale_py
+        >>> gym.register_envs(ale_py)
+        >>> env = AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, obs_type="grayscale"))
+        >>> env.reset(seed=0)[0].shape
+        (84, 84)
+    """
+
+    def __init__(self, env: gym.Env[np.ndarray, int], frame_skip: int = 4, noop_max: int = 30) -> None:
+        super().__init__(env)
+        rows, cols = env.observation_space.shape[:2]  # type: ignore[index]
+        self.frame_skip = frame_skip
+        self.noop_max = noop_max
+        self._rows = _resize_matrix(rows, SIZE)
+        self._cols = _resize_matrix(cols, SIZE).T
+        self.observation_space = gym.spaces.Box(0, 255, (SIZE, SIZE), np.uint8)
+
+    def _shrink(self, frame: np.ndarray) -> np.ndarray:
+        return np.clip(self._rows @ frame.astype(np.float32) @ self._cols + 0.5, 0, 255).astype(np.uint8)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        frame, info = self.env.reset(seed=seed, options=options)
+        for _ in range(int(self.np_random.integers(0, self.noop_max + 1))):
+            frame, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                frame, info = self.env.reset()
+        return self._shrink(frame), info
+
+    def step(self, action: int) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
+        total, last_two = 0.0, []
+        terminated = truncated = False
+        info: dict[str, Any] = {}
+        for i in range(self.frame_skip):
+            frame, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if i >= self.frame_skip - 2:
+                last_two.append(frame)
+            if terminated or truncated:
+                break
+        frame = np.maximum(last_two[0], last_two[-1]) if last_two else frame
+        return self._shrink(frame), total, terminated, truncated, info
+
+
+class HideEpisodeEnds(gym.Wrapper[Any, Any, Any, Any]):
+    """The agent never sees an episode end: at a game over the next game just starts.
+
+    ``info["episode_ended"]`` marks the step where a real episode ended (the observation
+    returned is already the new game's first).
+    """
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated or truncated:
+            obs, reset_info = self.env.reset()
+            info = {**info, **reset_info, "episode_ended": True}
+        return obs, reward, False, False, info
+
+
+def make_atari_env(
+    env_id: str,
+    n_envs: int = 16,
+    seed: int | None = None,
+    render_mode: str | None = None,
+    vec_env_cls: Any = None,
+) -> Any:
+    """A VecEnv of ``env_id`` as in the paper, its reward hidden behind ``LearnedReward``.
+
+    Each env: ALE (no sticky actions) -> :class:`AtariPreprocessing` -> 4 stacked frames ->
+    :class:`~gym_prefs.LearnedReward` -> :class:`HideEpisodeEnds`. SB3's ``Monitor`` sits
+    innermost, so ``rollout/ep_rew_mean`` still reports real games.
+    """
+    import ale_py
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from gym_prefs.wrappers import LearnedReward
+
+    gym.register_envs(ale_py)
+
+    def make(**kwargs: Any) -> gym.Env[Any, Any]:
+        return gym.make(env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=0.0, **kwargs)
+
+    def wrap(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
+        stacked = gym.wrappers.FrameStackObservation(AtariPreprocessing(env), 4)
+        return HideEpisodeEnds(LearnedReward(stacked))
+
+    env_kwargs = {"render_mode": render_mode} if render_mode else {}
+    return make_vec_env(
+        make, n_envs=n_envs, seed=seed, wrapper_class=wrap, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls
+    )
+
+
+def make_atari_eval_env(env_id: str, n_envs: int = 1, seed: int | None = None) -> Any:
+    """``env_id`` as agents are scored on it: the same preprocessing, real game ends, the game's score."""
+    import ale_py
+    from stable_baselines3.common.env_util import make_vec_env
+
+    gym.register_envs(ale_py)
+
+    def make() -> gym.Env[Any, Any]:
+        return gym.make(env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=0.0)
+
+    def wrap(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
+        return gym.wrappers.FrameStackObservation(AtariPreprocessing(env), 4)
+
+    return make_vec_env(make, n_envs=n_envs, seed=seed, wrapper_class=wrap)

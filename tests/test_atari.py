@@ -1,0 +1,80 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+
+ale_py = pytest.importorskip("ale_py", reason="Atari needs ale-py: pip install 'gym-prefs[atari]'")
+
+from gym_prefs import LearnedReward, RewardEnsemble  # noqa: E402
+from gym_prefs.atari import (  # noqa: E402
+    PAPER_GAMES,
+    SCORE_ROWS,
+    AtariPreprocessing,
+    HideEpisodeEnds,
+    make_atari_env,
+    mask_rows_for,
+)
+from gym_prefs.presets import atari_preset, preset_for  # noqa: E402
+
+gym.register_envs(ale_py)
+
+
+def test_atari_preset_has_the_papers_settings():
+    preset = atari_preset("ALE/BeamRider-v5", total_labels=5500)
+    assert preset.algo == "a2c" and preset.policy == "CnnPolicy" and preset.n_envs == 16
+    kwargs = preset.algo_kwargs
+    assert (kwargs["n_steps"], kwargs["ent_coef"], kwargs["gamma"]) == (5, 0.01, 0.99)
+    assert kwargs["learning_rate"](1.0) == pytest.approx(7e-4) and kwargs["learning_rate"](0.0) == 0.0  # decays
+    settings = preset.callback_kwargs
+    assert settings["segment_length"] == 25
+    assert settings["initial_label_fraction"] * 5500 == pytest.approx(500)
+    assert settings["initial_fit_epochs"] == 200 and settings["max_comparisons"] == 3000
+    assert settings["reward_model"]["reward_std"] == 0.05 and settings["reward_model"]["dropout"] == 0.5
+    assert preset_for("ALE/Pong-v5").name == "atari"
+
+
+def test_every_paper_game_has_its_score_area():
+    assert set(PAPER_GAMES) == {"BeamRider", "Breakout", "Enduro", "Pong", "Qbert", "SpaceInvaders", "Seaquest"}
+    for game in PAPER_GAMES:
+        rows = mask_rows_for(game)
+        assert rows and all(0 <= a < b <= 84 for a, b in rows)
+    assert SCORE_ROWS["Enduro"][0][0] > 100  # Enduro's speedometer is at the bottom
+
+
+def test_score_pixels_are_zero_in_the_reward_models_input():
+    venv = make_atari_env("ALE/Pong-v5", n_envs=1, seed=0)
+    obs = venv.reset()
+    for _ in range(30):
+        obs, *_ = venv.step(np.array([venv.action_space.sample()]))
+    settings = atari_preset("ALE/Pong-v5").callback_kwargs["reward_model"]
+    model = RewardEnsemble(venv.observation_space, venv.action_space, seed=0, **settings)
+    model.fitted.fill_(True)
+    inputs, _ = model.preprocess(obs, np.zeros(1, dtype=np.int64))
+    (start, stop), = settings["image_mask_rows"]
+    assert obs[..., start:stop, :].any()  # the score is on screen ...
+    assert not inputs[..., start:stop, :].any()  # ... and not in what the reward model reads
+    assert inputs[..., stop:, :].any()
+    changed = obs.copy()
+    changed[..., start:stop, :] = 255  # a different score
+    assert model.predict(changed, np.zeros(1)) == pytest.approx(model.predict(obs, np.zeros(1)))
+    venv.close()
+
+
+def test_the_agent_sees_no_episode_end_but_the_reward_wrapper_does():
+    env = HideEpisodeEnds(LearnedReward(gym.make("CartPole-v1")))
+    env.reset(seed=0)
+    ended = returns = 0
+    for _ in range(300):
+        _, _, terminated, truncated, info = env.step(env.action_space.sample())
+        assert not (terminated or truncated)
+        ended += info.get("episode_ended", False)
+        returns += "episode_returns" in info
+    assert ended >= 3 and returns == ended
+
+
+def test_preprocessing_skips_four_frames_and_shrinks_to_84():
+    env = AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, obs_type="grayscale"), noop_max=0)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (84, 84) and obs.dtype == np.uint8
+    _, _, _, _, first = env.step(0)
+    _, _, _, _, second = env.step(0)
+    assert second["frame_number"] - first["frame_number"] == 4
