@@ -123,6 +123,12 @@ class HideEpisodeEnds(gym.Wrapper[Any, Any, Any, Any]):
 
     ``info["episode_ended"]`` marks the step where a real episode ended (the observation
     returned is already the new game's first).
+
+    Example:
+        >>> env = HideEpisodeEnds(gym.make("CartPole-v1"))
+        >>> _ = env.reset(seed=0)
+        >>> any(env.step(0)[2] for _ in range(100))  # the pole falls many times; no step says so
+        False
     """
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
@@ -131,6 +137,19 @@ class HideEpisodeEnds(gym.Wrapper[Any, Any, Any, Any]):
             obs, reset_info = self.env.reset()
             info = {**info, **reset_info, "episode_ended": True}
         return obs, reward, False, False, info
+
+
+def _ale(env_id: str, **kwargs: Any) -> gym.Env[Any, Any]:
+    """The raw ALE env the preprocessing expects: every frame, grey, no sticky actions."""
+    import ale_py
+
+    gym.register_envs(ale_py)
+    return gym.make(env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=0.0, **kwargs)
+
+
+def _stacked(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
+    """Preprocessed frames, stacked by 4: what the agent and the reward model see."""
+    return gym.wrappers.FrameStackObservation(AtariPreprocessing(env), 4)
 
 
 def make_atari_env(
@@ -146,19 +165,15 @@ def make_atari_env(
     :class:`~gym_prefs.LearnedReward` -> :class:`HideEpisodeEnds`. SB3's ``Monitor`` sits
     innermost, so ``rollout/ep_rew_mean`` still reports real games.
     """
-    import ale_py
     from stable_baselines3.common.env_util import make_vec_env
 
     from gym_prefs.wrappers import LearnedReward
 
-    gym.register_envs(ale_py)
-
     def make(**kwargs: Any) -> gym.Env[Any, Any]:
-        return gym.make(env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=0.0, **kwargs)
+        return _ale(env_id, **kwargs)
 
     def wrap(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
-        stacked = gym.wrappers.FrameStackObservation(AtariPreprocessing(env), 4)
-        return HideEpisodeEnds(LearnedReward(stacked))
+        return HideEpisodeEnds(LearnedReward(_stacked(env)))
 
     env_kwargs = {"render_mode": render_mode} if render_mode else {}
     return make_vec_env(
@@ -168,15 +183,6 @@ def make_atari_env(
 
 def make_atari_eval_env(env_id: str, n_envs: int = 1, seed: int | None = None) -> Any:
     """``env_id`` as agents are scored on it: the same preprocessing, real game ends, the game's score."""
-    import ale_py
     from stable_baselines3.common.env_util import make_vec_env
 
-    gym.register_envs(ale_py)
-
-    def make() -> gym.Env[Any, Any]:
-        return gym.make(env_id, frameskip=1, obs_type="grayscale", repeat_action_probability=0.0)
-
-    def wrap(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
-        return gym.wrappers.FrameStackObservation(AtariPreprocessing(env), 4)
-
-    return make_vec_env(make, n_envs=n_envs, seed=seed, wrapper_class=wrap)
+    return make_vec_env(lambda: _ale(env_id), n_envs=n_envs, seed=seed, wrapper_class=_stacked)

@@ -41,6 +41,11 @@ class ClipInfo:
         env_id: the env id, to rebuild the env that renders states.
         env_kwargs: keyword arguments the env was made with.
         stride: frames were shrunk by taking every ``stride``-th pixel.
+
+    Example:
+        >>> info = ClipInfo("state", (18,), "float64", fps=20.0, env_id="HalfCheetah-v5")
+        >>> ClipInfo.from_json(info.to_json()) == info
+        True
     """
 
     kind: str

@@ -86,6 +86,11 @@ class Preset:
         notes: what the preset changed, for the user to read.
         policy: the SB3 policy (``"CnnPolicy"`` for Atari frames).
         n_envs: parallel envs (``None``: the caller's choice).
+
+    Example:
+        >>> preset = preset_for("HalfCheetah-v5")
+        >>> preset.name, preset.algo, preset.policy
+        ('mujoco', 'trpo', 'MlpPolicy')
     """
 
     name: str

@@ -27,6 +27,11 @@ class Segment:
         obs: observations ``[length, *obs_shape]``, the ones each action was taken on.
         actions: actions ``[length, *action_shape]``.
         true_rewards: the env's own rewards ``[length]``.
+
+    Example:
+        >>> segment = Segment(np.zeros((3, 2)), np.zeros((3, 1)), np.array([1.0, 0.5, 0.5]))
+        >>> len(segment), segment.true_return
+        (3, 2.0)
     """
 
     obs: np.ndarray

@@ -93,6 +93,12 @@ class LabelledPairs:
         query_ids: the store's query ids, ``[pairs]``.
         true_rewards: ``[pairs, 2, length]`` (NaN where unknown).
         labels: the answers, ``[pairs]`` strings.
+
+    Example:
+        >>> pairs = LabelledPairs(np.zeros((1, 2, 3, 1)), np.zeros((1, 2, 3)), np.ones(1), np.array([7]),
+        ...                       np.zeros((1, 2, 3)), np.array(["first"]))
+        >>> len(pairs)
+        1
     """
 
     obs: np.ndarray

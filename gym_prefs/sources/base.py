@@ -26,6 +26,12 @@ class Query:
         id: unique within a run; answers refer to it.
         first: the first (left) segment.
         second: the second (right) segment.
+
+    Example:
+        >>> import numpy as np
+        >>> clip = Segment(np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2))
+        >>> Query(0, clip, clip).id
+        0
     """
 
     id: int
@@ -42,6 +48,14 @@ class Answer:
         label: see :data:`Label`.
         labeler: who answered (``"oracle"``, a person's name, ...).
         seconds: how long the answer took.
+
+    Example:
+        >>> Answer(3, "equal", labeler="ann", seconds=4.2).label
+        'equal'
+        >>> Answer(3, "maybe")
+        Traceback (most recent call last):
+        ...
+        ValueError: label must be one of ('first', 'second', 'equal', 'skip'), got 'maybe'
     """
 
     query_id: int
