@@ -1,0 +1,154 @@
+"""Learning quality: RL from N oracle labels against RL on the true reward, same everything else.
+
+For every env, seed and condition ("true" or a label budget) one run trains PPO (4 envs,
+n_steps 512, batch 64, one torch thread) and is scored every ``--eval-every`` steps on the
+env's raw true reward (deterministic policy, fresh seeds). Both conditions normalise rewards
+with ``VecNormalize(norm_reward=True)``, as rl-zoo3 does for the baseline, so the ratio does
+not flatter preferences. Runs go in parallel (``--jobs``) as separate processes, and a run
+whose result file exists is not run again (so an interrupted benchmark resumes).
+
+    python benchmarks/learning.py --envs HalfCheetah-v5 --labels 700 --seeds 0 1 2 --steps 300000 --out bench/
+
+writes ``bench/runs/*.json`` (curves and final returns) and ``bench/summary.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int, out: str) -> None:
+    """Train and score one run (called in its own process)."""
+    import numpy as np
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    import gym_prefs
+
+    torch.set_num_threads(1)
+    venv = make_vec_env(env_id, n_envs=4, seed=seed)
+    callbacks = []
+    preferences = None
+    if condition != "true":
+        venv = gym_prefs.VecLearnedReward(venv)
+        preferences = gym_prefs.PreferenceCallback(
+            "oracle", total_labels=int(condition), store=f"{out}.db", seed=seed, fitting="process"
+        )
+        callbacks.append(preferences)
+    venv = VecNormalize(venv, norm_obs=False, norm_reward=True)
+    model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed)
+    eval_env = make_vec_env(env_id, n_envs=1, seed=10_000 + seed)
+    curve: list[tuple[int, float]] = []
+
+    class Score(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps % eval_every < venv.num_envs:
+                score, _ = evaluate_policy(self.model, eval_env, n_eval_episodes=2, deterministic=True)
+                curve.append((self.num_timesteps, float(score)))
+            return True
+
+    start = time.perf_counter()
+    model.learn(steps, callback=CallbackList([*callbacks, Score()]))
+    seconds = time.perf_counter() - start
+    final_env = make_vec_env(env_id, n_envs=1, seed=20_000 + seed)
+    final, final_std = evaluate_policy(model, final_env, n_eval_episodes=10, deterministic=True)
+    result = {
+        "env_id": env_id,
+        "condition": condition,
+        "seed": seed,
+        "steps": steps,
+        "final_true_return": float(final),
+        "final_true_return_std": float(final_std),
+        "curve": curve,
+        "seconds": seconds,
+        "labels": preferences.num_labels if preferences else 0,
+        "breakdown": preferences.time_breakdown() if preferences else {},
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    if preferences is not None:
+        preferences.close()
+    Path(out + ".json").write_text(json.dumps(result, indent=2))
+    del np
+
+
+def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
+    """A markdown table: median final true return per condition and preference ÷ true ratios."""
+    results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    lines = [
+        "| env | condition | seeds | final true return per seed | median | ÷ true-reward median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for env_id in envs:
+        by_condition = {
+            c: [r for r in results if r["env_id"] == env_id and r["condition"] == c] for c in conditions
+        }
+        true_runs = by_condition.get("true") or []
+        true_median = statistics.median(r["final_true_return"] for r in true_runs) if true_runs else None
+        for condition, runs in by_condition.items():
+            if not runs:
+                continue
+            returns = [r["final_true_return"] for r in sorted(runs, key=lambda r: r["seed"])]
+            median = statistics.median(returns)
+            ratio = f"{median / true_median:.2f}" if true_median and condition != "true" else "—"
+            name = "true reward" if condition == "true" else f"{condition} labels"
+            per_seed = " / ".join(f"{v:,.0f}" for v in returns)
+            lines.append(f"| {env_id} | {name} | {len(runs)} | {per_seed} | {median:,.0f} | {ratio} |")
+    table = "\n".join(lines)
+    (out / "summary.md").write_text(table + "\n")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5"])
+    parser.add_argument("--labels", nargs="+", type=int, default=[350, 700, 1400])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=300_000)
+    parser.add_argument("--eval-every", type=int, default=30_000)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    parser.add_argument("--run", nargs=4, metavar=("ENV", "CONDITION", "SEED", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run:  # one run, in its own process
+        env_id, condition, seed, out = args.run
+        run_one(env_id, condition, int(seed), args.steps, args.eval_every, out)
+        return
+
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    conditions = ["true", *map(str, args.labels)]
+    jobs = []
+    for env_id in args.envs:
+        for seed in args.seeds:
+            for condition in conditions:
+                stem = args.out / "runs" / f"{env_id.replace('/', '_')}-{condition}-seed{seed}"
+                if not Path(f"{stem}.json").exists():  # resume: finished runs are kept
+                    jobs.append((env_id, condition, seed, str(stem)))
+    print(f"{len(jobs)} runs to do on {args.jobs} cores")
+
+    def launch(job: tuple[str, str, int, str]) -> None:
+        env_id, condition, seed, stem = job
+        command = [sys.executable, __file__, "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+                   "--run", env_id, condition, str(seed), stem]
+        done = subprocess.run(command, capture_output=True, text=True)
+        status = "done" if done.returncode == 0 else f"FAILED\n{done.stderr[-2000:]}"
+        print(f"{env_id} {condition} seed {seed}: {status}", flush=True)
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(launch, jobs))
+    print(summarise(args.out, args.envs, conditions))
+
+
+if __name__ == "__main__":
+    main()
