@@ -18,11 +18,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from common import run_parallel
 
 
 def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int, out: str) -> None:
@@ -137,16 +137,15 @@ def main() -> None:
                     jobs.append((env_id, condition, seed, str(stem)))
     print(f"{len(jobs)} runs to do on {args.jobs} cores")
 
-    def launch(job: tuple[str, str, int, str]) -> None:
-        env_id, condition, seed, stem = job
-        command = [sys.executable, __file__, "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-                   "--run", env_id, condition, str(seed), stem]
-        done = subprocess.run(command, capture_output=True, text=True)
-        status = "done" if done.returncode == 0 else f"FAILED\n{done.stderr[-2000:]}"
-        print(f"{env_id} {condition} seed {seed}: {status}", flush=True)
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(launch, jobs))
+    commands = [
+        (
+            f"{env_id} {condition} seed {seed}",
+            [sys.executable, __file__, "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+             "--run", env_id, condition, str(seed), stem],
+        )
+        for env_id, condition, seed, stem in jobs
+    ]
+    run_parallel(commands, args.jobs)
     print(summarise(args.out, args.envs, conditions))
 
 
