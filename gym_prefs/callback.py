@@ -32,9 +32,9 @@ from gym_prefs.schedules import LabelSchedule
 from gym_prefs.segments import ClipSpec, Segment, SegmentPool, TransitionBatch, steps_for_bytes
 from gym_prefs.selection import SELECTION_METHODS, select_pairs
 from gym_prefs.sources import PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
-from gym_prefs.spaces import shape_of, spaces_match
-from gym_prefs.store import PreferenceStore, StoreError
-from gym_prefs.wrappers import LearnedReward, VecLearnedReward
+from gym_prefs.spaces import shape_of
+from gym_prefs.store import PreferenceStore
+from gym_prefs.wrappers import LearnedReward, VecLearnedReward, check_model_spaces
 
 __all__ = ["PreferenceCallback"]
 
@@ -334,7 +334,7 @@ class PreferenceCallback(BaseCallback):
             self._make_fitters(self._reward_model)
             first_time = True
         else:
-            _check_same_spaces(self._reward_model, obs_space, act_space)
+            check_model_spaces(self._reward_model, obs_space, act_space)
             first_time = False
         self._wrappers.push(self._reward_model)
         if getattr(self, "_pool_env", None) is not venv:
@@ -355,7 +355,7 @@ class PreferenceCallback(BaseCallback):
         spec = self._store_spec
         if isinstance(spec, PreferenceStore):
             store = spec
-            _check_same_spaces_store(store, obs_space, act_space, self.segment_length)
+            store.check_matches(obs_space, act_space, self.segment_length)
         else:
             path = Path(spec) if spec is not None else self._default_store_path(env_id)
             store = PreferenceStore(path, obs_space, act_space, self.segment_length, env_id=env_id)
@@ -452,7 +452,7 @@ class PreferenceCallback(BaseCallback):
             model = RewardEnsemble(obs_space, act_space, **kwargs)
         else:
             raise TypeError(f"reward_model must be a RewardEnsemble, a path, a dict or None, got {spec!r}")
-        _check_same_spaces(model, obs_space, act_space)
+        check_model_spaces(model, obs_space, act_space)
         return model
 
     def _check_replay_buffer(self, algo: OffPolicyAlgorithm) -> None:
@@ -763,34 +763,10 @@ def _env_id(venv: VecEnv) -> str | None:
     return getattr(spec, "id", None)
 
 
-def _check_same_spaces_store(
-    store: PreferenceStore, obs_space: spaces.Space[Any], act_space: spaces.Space[Any], segment_length: int
-) -> None:
-    if not (
-        spaces_match(store.observation_space, obs_space)
-        and spaces_match(store.action_space, act_space)
-        and store.segment_length == segment_length
-    ):
-        raise StoreError(
-            f"the preference store {store.path} holds observations {store.observation_space}, actions "
-            f"{store.action_space} and segments of {store.segment_length} steps, but this run has {obs_space}, "
-            f"{act_space} and {segment_length}; use a store made for this env"
-        )
-
-
 def _close_all(fitters: list[FitWorker | _InProcessFitter | None]) -> None:
     for fitter in fitters:
         if fitter is not None:
             fitter.close()
-
-
-def _check_same_spaces(model: RewardEnsemble, obs_space: spaces.Space[Any], act_space: spaces.Space[Any]) -> None:
-    if not (spaces_match(model.observation_space, obs_space) and spaces_match(model.action_space, act_space)):
-        raise ValueError(
-            f"the reward model reads observations {model.observation_space} and actions "
-            f"{model.action_space}, but the training env has {obs_space} and "
-            f"{act_space}; use a reward model made for this env"
-        )
 
 
 def _segment_length_from_dt(venv: VecEnv) -> int:

@@ -218,11 +218,6 @@ class SegmentPool:
         self.written = np.zeros(n_streams, dtype=np.int64)
         self._episode_base = np.zeros(n_streams, dtype=np.int64)
 
-    @property
-    def total_steps(self) -> int:
-        """Steps ever added (including those since overwritten)."""
-        return int(self.written.sum())
-
     def add(self, first_stream: int, batch: TransitionBatch) -> None:
         """Append a drained batch whose env ``i`` feeds stream ``first_stream + i``."""
         steps = len(batch)

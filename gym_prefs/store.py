@@ -157,7 +157,15 @@ class PreferenceStore:
         exists = self.path.exists()
         if exists:
             meta = _read_meta_untouched(self.path)
-            self._check_compatible(meta, observation_space, action_space, segment_length)
+            self._check_compatible(
+                space_from_config(json.loads(meta["observation_space"])),
+                space_from_config(json.loads(meta["action_space"])),
+                int(meta["segment_length"]),
+                meta.get("env_id") or None,
+                observation_space,
+                action_space,
+                segment_length,
+            )
         elif readonly:
             raise FileNotFoundError(f"no preference store at {self.path}")
         self._readonly = readonly
@@ -210,24 +218,39 @@ class PreferenceStore:
                 cursor.execute(statement)
             cursor.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
 
+    def check_matches(
+        self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any], segment_length: int
+    ) -> None:
+        """Raise :class:`StoreError` unless this store was made for these spaces and segment length."""
+        self._check_compatible(
+            self.observation_space,
+            self.action_space,
+            self.segment_length,
+            self.env_id,
+            observation_space,
+            action_space,
+            segment_length,
+        )
+
     def _check_compatible(
         self,
-        meta: dict[str, str],
+        stored_obs: spaces.Space[Any],
+        stored_act: spaces.Space[Any],
+        stored_length: int,
+        env_id: str | None,
         observation_space: spaces.Space[Any] | None,
         action_space: spaces.Space[Any] | None,
         segment_length: int | None,
     ) -> None:
-        stored_obs = space_from_config(json.loads(meta["observation_space"]))
-        stored_act = space_from_config(json.loads(meta["action_space"]))
         mismatch = []
         if observation_space is not None and not spaces_match(stored_obs, observation_space):
             mismatch.append(f"observations {stored_obs} (this env: {observation_space})")
         if action_space is not None and not spaces_match(stored_act, action_space):
             mismatch.append(f"actions {stored_act} (this env: {action_space})")
-        if segment_length is not None and int(meta["segment_length"]) != segment_length:
-            mismatch.append(f"segments of {meta['segment_length']} steps (this run: {segment_length})")
+        if segment_length is not None and stored_length != segment_length:
+            mismatch.append(f"segments of {stored_length} steps (this run: {segment_length})")
         if mismatch:
-            made_for = f" for {meta['env_id']}" if meta.get("env_id") else ""
+            made_for = f" for {env_id}" if env_id else ""
             raise StoreError(
                 f"the preference store {self.path} was made{made_for} with "
                 + "; ".join(mismatch)
@@ -348,7 +371,7 @@ class PreferenceStore:
         counts["queries"] = sum(counts[s] for s in ("pending", "answered", "skipped"))
         return counts
 
-    def _segment(self, segment_id: int, with_frames: bool = False) -> Segment:
+    def _segment(self, segment_id: int) -> Segment:
         row = self._connection.execute(
             "SELECT obs, actions, true_rewards, frames FROM segments WHERE id = ?", (segment_id,)
         ).fetchone()

@@ -29,11 +29,12 @@ def _resolve_model(
     if reward_model is None:
         return RewardEnsemble(observation_space, action_space)
     model = RewardEnsemble.load(reward_model) if isinstance(reward_model, str) else reward_model
-    _check_model_spaces(model, observation_space, action_space)
+    check_model_spaces(model, observation_space, action_space)
     return model
 
 
-def _check_model_spaces(model: RewardEnsemble, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
+def check_model_spaces(model: RewardEnsemble, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
+    """Raise ``ValueError`` unless ``model`` reads these observation and action spaces."""
     if not (
         spaces_match(model.observation_space, observation_space) and spaces_match(model.action_space, action_space)
     ):
@@ -137,7 +138,7 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
 
     def set_reward_model(self, reward_model: RewardEnsemble) -> None:
         """Use ``reward_model`` from now on (called by the callback after each refit)."""
-        _check_model_spaces(reward_model, self.observation_space, self.action_space)
+        check_model_spaces(reward_model, self.observation_space, self.action_space)
         self.reward_model = reward_model
 
     def pop_transitions(self) -> TransitionBatch:
@@ -270,7 +271,7 @@ class VecLearnedReward(VecEnvWrapper):
 
     def set_reward_model(self, reward_model: RewardEnsemble) -> None:
         """Use ``reward_model`` from now on."""
-        _check_model_spaces(reward_model, self.observation_space, self.action_space)
+        check_model_spaces(reward_model, self.observation_space, self.action_space)
         self.reward_model = reward_model
 
     def pop_transitions(self) -> TransitionBatch:

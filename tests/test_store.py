@@ -362,3 +362,12 @@ def test_answers_are_acknowledged_only_once_committed(tmp_path):
     PPO("MlpPolicy", env, n_steps=256, seed=0, policy_kwargs={"net_arch": [16]}).learn(1024, callback=callback)
     callback.close()
     assert source.acknowledged == 20
+
+
+def test_a_store_object_for_another_run_is_refused_by_the_callback(tmp_path):
+    env = gym.make("Pendulum-v1")
+    store = PreferenceStore(tmp_path / "p.db", env.observation_space, env.action_space, segment_length=7)
+    callback = PreferenceCallback("oracle", total_labels=4, segment_length=10, store=store)
+    model = PPO("MlpPolicy", VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=1)), n_steps=128)
+    with pytest.raises(StoreError, match=r"segments of 7 steps \(this run: 10\)"):
+        model.learn(128, callback=callback)
