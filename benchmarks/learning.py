@@ -1,11 +1,15 @@
 """Learning quality: RL from N oracle labels against RL on the true reward, same everything else.
 
 For every env, seed and condition ("true" or a label budget) one run trains PPO (4 envs,
-n_steps 512, batch 64, one torch thread) and is scored every ``--eval-every`` steps on the
-env's raw true reward (deterministic policy, fresh seeds). Both conditions normalise rewards
-with ``VecNormalize(norm_reward=True)``, as rl-zoo3 does for the baseline, so the ratio does
-not flatter preferences. Runs go in parallel (``--jobs``) as separate processes, and a run
-whose result file exists is not run again (so an interrupted benchmark resumes).
+n_steps 512, batch 64, one torch thread; γ 0.9999 on Swimmer, as the RL Zoo) and is scored
+every ``--eval-every`` steps on the env's raw true reward (deterministic policy, fresh seeds).
+Both conditions normalise rewards with ``VecNormalize(norm_reward=True)``, as rl-zoo3 does
+for the baseline, so the ratio does not flatter preferences. Preference runs on MuJoCo envs
+take the MuJoCo preset's env and callback settings (Hopper without termination on falling,
+1.5 s segments); the true-reward baseline trains on the standard env, its strongest setting,
+and every agent is scored on the standard env. Runs go in parallel (``--jobs``) as separate
+processes, and a run whose result file exists is not run again (an interrupted benchmark
+resumes).
 
     python benchmarks/learning.py --envs HalfCheetah-v5 --labels 700 --seeds 0 1 2 --steps 300000 --out bench/
 
@@ -24,6 +28,10 @@ from pathlib import Path
 
 from common import run_parallel
 
+#: Per-env changes to PPO's defaults, for both conditions (the RL Zoo's discount for Swimmer,
+#: without which PPO barely moves on it).
+PPO_KWARGS = {"Swimmer-v5": {"gamma": 0.9999}}
+
 
 def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int, out: str) -> None:
     """Train and score one run (called in its own process)."""
@@ -36,19 +44,26 @@ def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int,
     from stable_baselines3.common.vec_env import VecNormalize
 
     import gym_prefs
+    from gym_prefs.presets import is_mujoco, preset_for
 
     torch.set_num_threads(1)
-    venv = make_vec_env(env_id, n_envs=4, seed=seed)
     callbacks = []
     preferences = None
-    if condition != "true":
-        venv = gym_prefs.VecLearnedReward(venv)
+    if condition == "true":
+        venv = make_vec_env(env_id, n_envs=4, seed=seed)
+    else:
+        # The MuJoCo preset's env and callback settings (termination on falling removed,
+        # 1.5 s segments, the paper's ensemble); the algorithm stays the same PPO.
+        preset = preset_for(env_id, "mujoco") if is_mujoco(env_id) else None
+        env_kwargs = preset.env_kwargs if preset else {}
+        callback_kwargs = preset.callback_kwargs if preset else {}
+        venv = gym_prefs.VecLearnedReward(make_vec_env(env_id, n_envs=4, seed=seed, env_kwargs=env_kwargs))
         preferences = gym_prefs.PreferenceCallback(
-            "oracle", total_labels=int(condition), store=f"{out}.db", seed=seed, fitting="process"
+            "oracle", total_labels=int(condition), store=f"{out}.db", seed=seed, fitting="process", **callback_kwargs
         )
         callbacks.append(preferences)
     venv = VecNormalize(venv, norm_obs=False, norm_reward=True)
-    model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed)
+    model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed, **PPO_KWARGS.get(env_id, {}))
     eval_env = make_vec_env(env_id, n_envs=1, seed=10_000 + seed)
     curve: list[tuple[int, float]] = []
 
@@ -129,8 +144,9 @@ def main() -> None:
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     conditions = ["true", *map(str, args.labels)]
     jobs = []
-    for env_id in args.envs:
-        for seed in args.seeds:
+    # Seeds outermost: an interrupted benchmark has every env and condition on the first seeds.
+    for seed in args.seeds:
+        for env_id in args.envs:
             for condition in conditions:
                 stem = args.out / "runs" / f"{env_id.replace('/', '_')}-{condition}-seed{seed}"
                 if not Path(f"{stem}.json").exists():  # resume: finished runs are kept

@@ -13,6 +13,7 @@ import argparse
 import json
 import statistics
 import time
+from typing import Any
 
 import torch
 from stable_baselines3 import PPO
@@ -36,16 +37,34 @@ def run(
         gym_prefs.PreferenceCallback("oracle", total_labels=labels, seed=seed, fitting=FITTING) if preferences else None
     )
     model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed)
+    phases = _time_phases(model)
     start = time.perf_counter()
     model.learn(steps, callback=callback)
     seconds = time.perf_counter() - start
     venv.close()
-    result = {"seconds": seconds}
+    result = {"seconds": seconds, "phases": phases}
     if callback is not None:
         result["breakdown"] = callback.time_breakdown()
         result["fits"] = callback.num_fits
         result["labels"] = callback.num_labels
     return result
+
+
+def _time_phases(model: PPO) -> dict[str, float]:
+    """Time PPO's two phases (collecting rollouts, the gradient updates) as they run."""
+    phases = {"collect_rollouts": 0.0, "train": 0.0}
+    for name in phases:
+        method = getattr(model, name)
+
+        def timed(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                phases[_name] += time.perf_counter() - start
+
+        setattr(model, name, timed)
+    return phases
 
 
 def main() -> None:
@@ -81,6 +100,10 @@ def main() -> None:
         f"({vec_env}, {wrapper}, fitting={args.fitting})"
     )
     print(f"plain SB3: {plain_s:.1f} s   gym_prefs: {prefs_s:.1f} s   ratio: {prefs_s / plain_s:.3f}x")
+    for phase in ("collect_rollouts", "train"):
+        plain_phase = statistics.median(r["phases"][phase] for r in plain)
+        prefs_phase = statistics.median(r["phases"][phase] for r in prefs)
+        print(f"PPO {phase}: plain {plain_phase:.1f} s   gym_prefs {prefs_phase:.1f} s")
     print("where the extra time goes (median seconds):")
     for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"  {name:16s} {seconds:7.2f}  ({100 * seconds / prefs_s:.1f}% of the run)")

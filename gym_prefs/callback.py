@@ -44,6 +44,8 @@ SEGMENT_SECONDS = 1.5
 DEFAULT_SEGMENT_LENGTH = 25
 #: Where the reward model can be fitted (see ``PreferenceCallback(fitting=...)``).
 FITTING_MODES = ("process", "thread", "inline")
+#: Recent steps on which ``reward_model/true_reward_corr`` is measured after each fit.
+CORRELATION_STEPS = 2_048
 
 
 class _InProcessFitter:
@@ -672,25 +674,24 @@ class PreferenceCallback(BaseCallback):
         with self._timed("waiting_for_fit"):
             state, report = self._fitter.result()
         self._fitting_now = False
-        with self._timed("calibration"):
-            self.reward_model.load_state_dict(state)
-            recent = self.pool.recent(10_000)
-            obs, actions = self.comparisons.sample_steps(10_000, self.rng)
-            self.reward_model.calibrate(obs, actions)
         self.num_fits += 1
         self.last_fit = report
         with self._timed("push"):
+            # The fitter normalised the model already (RewardTrainer.fit calibrates it).
+            self.reward_model.load_state_dict(state)
             self._wrappers.push(self.reward_model)
             if self.reward_model_path is not None:
                 self.reward_model.save(self.reward_model_path)
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             with self._timed("relabel"):
                 self._relabel(self.model)
-        corr = (
-            _correlation(self.reward_model.predict(recent["obs"], recent["actions"]), recent["true_rewards"])
-            if len(recent["obs"])
-            else float("nan")
-        )
+        with self._timed("logging"):
+            recent = self.pool.recent(CORRELATION_STEPS)
+            corr = (
+                _correlation(self.reward_model.predict(recent["obs"], recent["actions"]), recent["true_rewards"])
+                if len(recent["obs"])
+                else float("nan")
+            )
         self.logger.record("reward_model/train_loss", report.train_loss)
         self.logger.record("reward_model/val_loss", report.val_loss)
         self.logger.record("reward_model/accuracy", report.accuracy)

@@ -14,6 +14,9 @@ from gym_prefs.comparisons import Comparisons
 from gym_prefs.networks import ModuleEnsemble
 from gym_prefs.reward_model import RewardEnsemble
 
+#: Labelled steps each fit normalises the ensemble on.
+CALIBRATION_STEPS = 10_000
+
 __all__ = ["FitReport", "RewardTrainer"]
 
 #: Factor by which the L2 coefficient moves after each epoch whose loss ratio is off target.
@@ -200,7 +203,11 @@ class RewardTrainer:
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data: Comparisons, epochs: int) -> FitReport:
-        """Train every member for ``epochs`` passes over its bootstrap sample of ``data``."""
+        """Train every member for ``epochs`` passes over its bootstrap sample of ``data``.
+
+        The fitted ensemble is then normalised (:meth:`RewardEnsemble.calibrate`) on up to
+        ``CALIBRATION_STEPS`` labelled steps, so its output is ready to use as a reward.
+        """
         if len(data) == 0:
             raise ValueError("no labelled pairs to fit the reward model to")
         start = time.perf_counter()
@@ -245,6 +252,8 @@ class RewardTrainer:
                 self._adapt_l2(val_loss / np.maximum(train_loss, 1e-8))
         model.fitted.fill_(True)
         model.eval()
+        # Normalise on labelled steps drawn from the whole run (see Comparisons.sample_steps).
+        model.calibrate(*data.sample_steps(CALIBRATION_STEPS, self.rng))
         if len(val_rows):
             val_loss, accuracy = self.evaluate(data, val_rows)
         else:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.reward_model import RewardEnsemble
@@ -42,6 +40,7 @@ def fit_from_store(
 
     Example:
         >>> import tempfile
+        >>> import numpy as np
         >>> from gymnasium import spaces
         >>> from gym_prefs.sources import Answer
         >>> store = PreferenceStore(tempfile.mkdtemp() + "/p.db", spaces.Box(-1, 1, (1,)), spaces.Discrete(2), 3)
@@ -61,5 +60,4 @@ def fit_from_store(
     data.add(pairs.obs, pairs.actions, pairs.mu, pairs.query_ids)
     trainer = RewardTrainer(model, lr=learning_rate, batch_size=batch_size, seed=seed)
     report = trainer.fit(data, epochs)
-    model.calibrate(*data.sample_steps(10_000, np.random.default_rng(seed)))
     return model, report

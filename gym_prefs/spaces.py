@@ -8,6 +8,7 @@ message that names the space and says how to make it supported.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -89,13 +90,13 @@ def check_space(space: spaces.Space[Any], role: str) -> None:
 def encoded_size(space: spaces.Space[Any]) -> int:
     """Length of the flat float vector :func:`encode` makes from one element of ``space``."""
     if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape, dtype=np.int64))
+        return math.prod(space.shape)
     if isinstance(space, spaces.Discrete):
         return int(space.n)
     if isinstance(space, spaces.MultiDiscrete):
         return int(np.sum(space.nvec))
     if isinstance(space, spaces.MultiBinary):
-        return int(np.prod(space.shape, dtype=np.int64))
+        return math.prod(space.shape)
     raise UnsupportedSpaceError(f"cannot encode {space!r}")
 
 
