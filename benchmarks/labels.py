@@ -2,11 +2,13 @@
 
 PPO with the RL Zoo's Pendulum settings (4 envs, 40,000 steps; cheap enough for a 2-core
 machine) learns from N oracle labels with disagreement or random query selection, from a
-perfect teacher or one that errs 10% of the time (B-Pref's "mistake" teacher), against the same
-PPO on the true reward. Every agent is scored on the raw true reward (10 episodes,
+perfect teacher or one of B-Pref's simulated irrational teachers (``--teachers``: one that errs
+10% of the time, calls close pairs equal, skips pairs that are both bad, is myopic, or is
+Boltzmann-rational), against the same PPO on the true reward. Every agent is scored on the raw true reward (10 episodes,
 deterministic policy, fresh seeds). A run whose result file exists is not run again.
 
     python benchmarks/labels.py --labels 50 100 200 400 --seeds 0 1 2 --out bench-labels/
+    python benchmarks/labels.py --labels 200 --teachers mistake equal skip myopic stoc --out bench-labels/
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ from common import run_parallel
 
 ENV_ID = "Pendulum-v1"
 STEPS = 40_000
+#: B-Pref's simulated teachers (Lee et al. 2021) as SyntheticOracle arguments, with thresholds
+#: in Pendulum's units: a 30-step segment returns between about -480 and 0.
+TEACHERS = {
+    "perfect": {},
+    "mistake": {"mistake_rate": 0.1},
+    "equal": {"equal_threshold": 10.0},
+    "skip": {"skip_threshold": -200.0},
+    "myopic": {"gamma": 0.9},
+    "stoc": {"beta": 0.1},
+}
 
 
 def run_one(condition: str, seed: int, out: str) -> None:
@@ -38,9 +50,9 @@ def run_one(condition: str, seed: int, out: str) -> None:
     venv = make_vec_env(ENV_ID, n_envs=4, seed=seed)
     callback = None
     if condition != "true":
-        labels, selection, mistakes = condition.split(":")
+        labels, selection, teacher_name = condition.split(":")
         venv = gym_prefs.VecLearnedReward(venv)
-        teacher = gym_prefs.SyntheticOracle(mistake_rate=float(mistakes), seed=seed)
+        teacher = gym_prefs.SyntheticOracle(**TEACHERS[teacher_name], seed=seed)
         callback = gym_prefs.PreferenceCallback(
             teacher, total_labels=int(labels), selection=selection, store=f"{out}.db", seed=seed
         )
@@ -77,9 +89,9 @@ def summarise(out: Path) -> str:
         if condition == "true":
             name = "true reward"
         else:
-            labels, selection, mistakes = condition.split(":")
-            noise = f", {float(mistakes):.0%} mistakes" if float(mistakes) else ""
-            name = f"{labels} labels, {selection}{noise}"
+            labels, selection, teacher_name = condition.split(":")
+            teacher = f", {teacher_name} teacher {TEACHERS[teacher_name]}" if teacher_name != "perfect" else ""
+            name = f"{labels} labels, {selection}{teacher}"
         lines.append(f"| {name} | {len(by[condition])} | {median:,.0f} | {share:.0%} |")
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
@@ -91,6 +103,9 @@ def main() -> None:
     parser.add_argument("--labels", nargs="+", type=int, default=[50, 100, 200, 400])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--compare-at", type=int, default=200, help="label budget for the selection and noise runs")
+    parser.add_argument(
+        "--teachers", nargs="+", choices=list(TEACHERS), default=["mistake"], help="noisy teachers to compare"
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("bench-labels"))
     parser.add_argument("--run", nargs=3, metavar=("CONDITION", "SEED", "OUT"), help=argparse.SUPPRESS)
@@ -99,8 +114,9 @@ def main() -> None:
         run_one(args.run[0], int(args.run[1]), args.run[2])
         return
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    conditions = ["true"] + [f"{n}:disagreement:0" for n in args.labels]
-    conditions += [f"{args.compare_at}:random:0", f"{args.compare_at}:disagreement:0.1"]
+    conditions = ["true"] + [f"{n}:disagreement:perfect" for n in args.labels]
+    conditions += [f"{args.compare_at}:random:perfect"]
+    conditions += [f"{args.compare_at}:disagreement:{name}" for name in args.teachers]
     jobs = []
     for condition in dict.fromkeys(conditions):
         for seed in args.seeds:

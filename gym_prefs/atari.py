@@ -158,12 +158,15 @@ def make_atari_env(
     seed: int | None = None,
     render_mode: str | None = None,
     vec_env_cls: Any = None,
+    learned_reward: bool = True,
 ) -> Any:
     """A VecEnv of ``env_id`` as in the paper, its reward hidden behind ``LearnedReward``.
 
     Each env: ALE (no sticky actions) -> :class:`AtariPreprocessing` -> 4 stacked frames ->
     :class:`~gym_prefs.LearnedReward` -> :class:`HideEpisodeEnds`. SB3's ``Monitor`` sits
-    innermost, so ``rollout/ep_rew_mean`` still reports real games.
+    innermost, so ``rollout/ep_rew_mean`` still reports real games. With
+    ``learned_reward=False`` the same pipeline keeps the game's reward (a baseline to compare
+    against).
     """
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -173,7 +176,8 @@ def make_atari_env(
         return _ale(env_id, **kwargs)
 
     def wrap(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
-        return HideEpisodeEnds(LearnedReward(_stacked(env)))
+        stacked = _stacked(env)
+        return HideEpisodeEnds(LearnedReward(stacked) if learned_reward else stacked)
 
     env_kwargs = {"render_mode": render_mode} if render_mode else {}
     return make_vec_env(

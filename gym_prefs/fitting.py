@@ -14,8 +14,9 @@ from gym_prefs.comparisons import Comparisons
 from gym_prefs.networks import ModuleEnsemble
 from gym_prefs.reward_model import RewardEnsemble
 
-#: Labelled steps each fit normalises the ensemble on.
+#: Labelled steps each fit normalises the ensemble on (frames cost a CNN pass each: fewer).
 CALIBRATION_STEPS = 10_000
+CALIBRATION_FRAMES = 2_000
 
 __all__ = ["FitReport", "RewardTrainer"]
 
@@ -206,7 +207,8 @@ class RewardTrainer:
         """Train every member for ``epochs`` passes over its bootstrap sample of ``data``.
 
         The fitted ensemble is then normalised (:meth:`RewardEnsemble.calibrate`) on up to
-        ``CALIBRATION_STEPS`` labelled steps, so its output is ready to use as a reward.
+        ``CALIBRATION_STEPS`` labelled steps (``CALIBRATION_FRAMES`` for image observations),
+        so its output is ready to use as a reward.
         """
         if len(data) == 0:
             raise ValueError("no labelled pairs to fit the reward model to")
@@ -253,7 +255,8 @@ class RewardTrainer:
         model.fitted.fill_(True)
         model.eval()
         # Normalise on labelled steps drawn from the whole run (see Comparisons.sample_steps).
-        model.calibrate(*data.sample_steps(CALIBRATION_STEPS, self.rng))
+        steps = CALIBRATION_FRAMES if model.image_obs else CALIBRATION_STEPS
+        model.calibrate(*data.sample_steps(steps, self.rng))
         if len(val_rows):
             val_loss, accuracy = self.evaluate(data, val_rows)
         else:
