@@ -13,7 +13,8 @@ resumes).
 
     python benchmarks/learning.py --envs HalfCheetah-v5 --labels 700 --seeds 0 1 2 --steps 300000 --out bench/
 
-writes ``bench/runs/*.json`` (curves and final returns) and ``bench/summary.md``.
+writes ``bench/runs/*.json`` (curves and final returns), ``bench/summary.md`` and
+``bench/curves.png``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,37 @@ def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
     return table
 
 
+def plot_curves(out: Path, envs: list[str], conditions: list[str]) -> Path:
+    """One panel per env: true return against steps, a line per run, coloured by condition."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    fig, axes = plt.subplots(1, len(envs), figsize=(4.2 * len(envs), 3.4), squeeze=False)
+    colours = dict(zip(conditions, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for ax, env_id in zip(axes[0], envs, strict=True):
+        for condition in conditions:
+            runs = [r for r in results if r["env_id"] == env_id and r["condition"] == condition]
+            for i, run in enumerate(sorted(runs, key=lambda r: r["seed"])):
+                steps, returns = zip(*run["curve"], strict=True) if run["curve"] else ((), ())
+                label = ("true reward" if condition == "true" else f"{condition} labels") if i == 0 else None
+                ax.plot(steps, returns, color=colours[condition], alpha=0.8, linewidth=1.2, label=label)
+        ax.set_title(env_id)
+        ax.set_xlabel("timesteps")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("true return (2 episodes, deterministic)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5"])
@@ -163,6 +195,7 @@ def main() -> None:
     ]
     run_parallel(commands, args.jobs)
     print(summarise(args.out, args.envs, conditions))
+    print(f"learning curves: {plot_curves(args.out, args.envs, conditions)}")
 
 
 if __name__ == "__main__":
