@@ -16,6 +16,8 @@ from typing import Any, SupportsFloat
 import gymnasium as gym
 import numpy as np
 
+from gym_prefs.wrappers import EPISODE_ENDED_KEY
+
 __all__ = [
     "PAPER_GAMES",
     "SCORE_ROWS",
@@ -135,7 +137,7 @@ class HideEpisodeEnds(gym.Wrapper[Any, Any, Any, Any]):
         obs, reward, terminated, truncated, info = self.env.step(action)
         if terminated or truncated:
             obs, reset_info = self.env.reset()
-            info = {**info, **reset_info, "episode_ended": True}
+            info = {**info, **reset_info, EPISODE_ENDED_KEY: True}
         return obs, reward, False, False, info
 
 
@@ -160,29 +162,31 @@ def make_atari_env(
     vec_env_cls: Any = None,
     learned_reward: bool = True,
 ) -> Any:
-    """A VecEnv of ``env_id`` as in the paper, its reward hidden behind ``LearnedReward``.
+    """A VecEnv of ``env_id`` as in the paper, its reward hidden behind ``VecLearnedReward``.
 
     Each env: ALE (no sticky actions) -> :class:`AtariPreprocessing` -> 4 stacked frames ->
-    :class:`~gym_prefs.LearnedReward` -> :class:`HideEpisodeEnds`. SB3's ``Monitor`` sits
-    innermost, so ``rollout/ep_rew_mean`` still reports real games. With
-    ``learned_reward=False`` the same pipeline keeps the game's reward (a baseline to compare
-    against).
+    :class:`HideEpisodeEnds`; the whole VecEnv then goes into
+    :class:`~gym_prefs.VecLearnedReward`, so the reward CNN reads every env's frames in one
+    batch (about four times cheaper per frame than one env at a time) and still sees the real
+    episode ends through ``info["episode_ended"]``. SB3's ``Monitor`` sits innermost, so
+    ``rollout/ep_rew_mean`` still reports real games. With ``learned_reward=False`` the same
+    pipeline keeps the game's reward (a baseline to compare against).
     """
     from stable_baselines3.common.env_util import make_vec_env
 
-    from gym_prefs.wrappers import LearnedReward
+    from gym_prefs.wrappers import VecLearnedReward
 
     def make(**kwargs: Any) -> gym.Env[Any, Any]:
         return _ale(env_id, **kwargs)
 
     def wrap(env: gym.Env[Any, Any]) -> gym.Env[Any, Any]:
-        stacked = _stacked(env)
-        return HideEpisodeEnds(LearnedReward(stacked) if learned_reward else stacked)
+        return HideEpisodeEnds(_stacked(env))
 
     env_kwargs = {"render_mode": render_mode} if render_mode else {}
-    return make_vec_env(
+    venv = make_vec_env(
         make, n_envs=n_envs, seed=seed, wrapper_class=wrap, env_kwargs=env_kwargs, vec_env_cls=vec_env_cls
     )
+    return VecLearnedReward(venv) if learned_reward else venv
 
 
 def make_atari_eval_env(env_id: str, n_envs: int = 1, seed: int | None = None) -> Any:

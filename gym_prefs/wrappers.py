@@ -15,10 +15,13 @@ from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.segments import TransitionBatch, TransitionRecorder, steps_for_bytes
 from gym_prefs.spaces import check_space, spaces_match
 
-__all__ = ["RECORD_BYTES", "LearnedReward", "VecLearnedReward"]
+__all__ = ["EPISODE_ENDED_KEY", "RECORD_BYTES", "LearnedReward", "VecLearnedReward"]
 
 #: Default memory bound of the steps a wrapper keeps between two collections by the callback.
 RECORD_BYTES = 64 * 2**20
+#: Info key with which an env marks an episode end it hides from the agent (segments never
+#: cross it, and episode returns are reported there).
+EPISODE_ENDED_KEY = "episode_ended"
 
 
 def _resolve_model(
@@ -178,7 +181,9 @@ class VecLearnedReward(VecEnvWrapper):
         venv = VecNormalize(VecLearnedReward(VecFrameStack(make_vec_env(...), 4)))
 
     Wrapping a ``VecNormalize`` raises an error, since the reward model would read observations
-    whose normalisation keeps changing.
+    whose normalisation keeps changing. Envs that hide their episode ends from the agent (like
+    :class:`gym_prefs.atari.HideEpisodeEnds`) mark them with ``info["episode_ended"]``: the
+    wrapper ends its episode there (segments never cross it) though ``done`` stays false.
 
     Args:
         venv: the vectorised env to wrap.
@@ -254,17 +259,20 @@ class VecLearnedReward(VecEnvWrapper):
         self._true_returns += true_rewards
         self._learned_returns += learned
         self._lengths += 1
-        for info, true_reward in zip(infos, true_rewards.tolist(), strict=True):
+        ends = np.array(dones, dtype=bool)
+        for i, (info, true_reward) in enumerate(zip(infos, true_rewards.tolist(), strict=True)):
             info["true_reward"] = true_reward
-        if dones.any():
-            for i in np.flatnonzero(dones):
-                infos[i]["episode_returns"] = _episode_info(
-                    float(self._true_returns[i]), float(self._learned_returns[i]), int(self._lengths[i])
+            if info.get(EPISODE_ENDED_KEY, False):
+                ends[i] = True  # an episode end hidden from the agent (see HideEpisodeEnds)
+        if ends.any():
+            for ended in np.flatnonzero(ends):
+                infos[ended]["episode_returns"] = _episode_info(
+                    float(self._true_returns[ended]), float(self._learned_returns[ended]), int(self._lengths[ended])
                 )
-            self.recorder.end_episodes(dones)
-            self._true_returns[dones] = 0.0
-            self._learned_returns[dones] = 0.0
-            self._lengths[dones] = 0
+            self.recorder.end_episodes(ends)
+            self._true_returns[ends] = 0.0
+            self._learned_returns[ends] = 0.0
+            self._lengths[ends] = 0
         # After an episode end the returned observation is already the next episode's first.
         self._last_obs = np.asarray(obs)
         return obs, learned.astype(np.float32), dones, infos

@@ -1,10 +1,11 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 ale_py = pytest.importorskip("ale_py", reason="Atari needs ale-py: pip install 'gym-prefs[atari]'")
 
-from gym_prefs import LearnedReward, RewardEnsemble  # noqa: E402
+from gym_prefs import LearnedReward, RewardEnsemble, VecLearnedReward  # noqa: E402
 from gym_prefs.atari import (  # noqa: E402
     PAPER_GAMES,
     SCORE_ROWS,
@@ -69,6 +70,32 @@ def test_the_agent_sees_no_episode_end_but_the_reward_wrapper_does():
         ended += info.get("episode_ended", False)
         returns += "episode_returns" in info
     assert ended >= 3 and returns == ended
+
+
+def test_the_batched_reward_wrapper_ends_episodes_the_agent_never_sees():
+    venv = VecLearnedReward(DummyVecEnv([lambda: HideEpisodeEnds(gym.make("CartPole-v1"))] * 2))
+    venv.seed(0)
+    venv.reset()
+    ended = np.zeros(2, dtype=int)
+    for _ in range(300):
+        _, _, dones, infos = venv.step(np.array([venv.action_space.sample() for _ in range(2)]))
+        assert not dones.any()
+        for i, info in enumerate(infos):
+            assert ("episode_returns" in info) == info.get("episode_ended", False)
+            if "episode_returns" in info:
+                ended[i] += 1
+                assert info["episode_returns"]["true"] == info["episode_returns"]["l"]  # 1 per step
+    assert (ended >= 3).all()
+    episodes = venv.pop_transitions().episodes  # [steps, envs]: segments are cut within one id
+    assert [len(np.unique(episodes[:, i])) for i in range(2)] == (ended + 1).tolist()
+
+
+def test_make_atari_env_predicts_every_env_in_one_batch():
+    venv = make_atari_env("ALE/Pong-v5", n_envs=2, seed=0)
+    plain = make_atari_env("ALE/Pong-v5", n_envs=1, learned_reward=False)
+    assert isinstance(venv, VecLearnedReward) and not isinstance(plain, VecLearnedReward)
+    venv.close()
+    plain.close()
 
 
 def test_preprocessing_skips_four_frames_and_shrinks_to_84():
