@@ -120,6 +120,7 @@ def main() -> None:
     parser.add_argument("--fitting", choices=("process", "thread", "inline"), default="process")
     parser.add_argument("--initial-fit-epochs", type=int, default=None, help="epochs of the fit before RL")
     parser.add_argument("--initial-label-fraction", type=float, default=None, help="share of labels before RL")
+    parser.add_argument("--refit-interval", type=int, default=None, help="timesteps between refits")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,6 +132,7 @@ def main() -> None:
         for name, value in (
             ("initial_fit_epochs", args.initial_fit_epochs),
             ("initial_label_fraction", args.initial_label_fraction),
+            ("refit_interval", args.refit_interval),
         )
         if value is not None
     }
