@@ -103,8 +103,8 @@ def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
     """A markdown table: median final true return per condition and preference ÷ true ratios."""
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     lines = [
-        "| env | condition | seeds | final true return per seed | median | ÷ true-reward median |",
-        "|---|---|---|---|---|---|",
+        "| env | condition | seeds | final true return per seed | median | ÷ true-reward median | wall time (median) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for env_id in envs:
         by_condition = {
@@ -120,7 +120,9 @@ def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
             ratio = f"{median / true_median:.2f}" if true_median and condition != "true" else "—"
             name = "true reward" if condition == "true" else f"{condition} labels"
             per_seed = " / ".join(f"{v:,.0f}" for v in returns)
-            lines.append(f"| {env_id} | {name} | {len(runs)} | {per_seed} | {median:,.0f} | {ratio} |")
+            seconds = statistics.median(r["seconds"] for r in runs)
+            cells = [env_id, name, str(len(runs)), per_seed, f"{median:,.0f}", ratio, f"{seconds:.0f} s"]
+            lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
     return table
