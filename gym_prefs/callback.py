@@ -29,7 +29,7 @@ from gym_prefs.fit_worker import FitWorker
 from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.reward_model import CUSTOM_CALLABLE, RewardEnsemble
 from gym_prefs.schedules import LabelSchedule
-from gym_prefs.segments import ClipSpec, Segment, SegmentPool, TransitionBatch, steps_for_bytes
+from gym_prefs.segments import ClipSpec, Segment, SegmentPool, TransitionBatch, segment_steps, steps_for_bytes
 from gym_prefs.selection import SELECTION_METHODS, select_pairs
 from gym_prefs.sources import PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
 from gym_prefs.spaces import shape_of
@@ -38,8 +38,6 @@ from gym_prefs.wrappers import LearnedReward, VecLearnedReward, check_model_spac
 
 __all__ = ["PreferenceCallback"]
 
-#: Segment duration in seconds of simulated time (the paper's MuJoCo clips).
-SEGMENT_SECONDS = 1.5
 #: Segment length when the env does not say how long a step takes (the paper's Atari clips).
 DEFAULT_SEGMENT_LENGTH = 25
 #: Where the reward model can be fitted (see ``PreferenceCallback(fitting=...)``).
@@ -172,7 +170,7 @@ class PreferenceCallback(BaseCallback):
         source: who labels: ``"oracle"`` or a :class:`~gym_prefs.PreferenceSource`.
         total_labels: the label budget (queries asked, including those answered "can't tell").
         segment_length: steps per segment; ``None`` takes 1.5 s of simulated time from the
-            env's ``dt`` or 25 steps when it has none.
+            env's ``dt``, at most 60 steps (the paper's range), or 25 steps when it has none.
         initial_label_fraction: share of the budget asked before RL starts (paper: 0.25).
         schedule: ``"decay"`` (rate ∝ scale/(T + scale), the paper's) or ``"constant"``.
         schedule_scale: the decay's time scale in timesteps (paper: 2e6).
@@ -777,7 +775,7 @@ def _segment_length_from_dt(venv: VecEnv) -> int:
         return DEFAULT_SEGMENT_LENGTH
     if not dt > 0:
         return DEFAULT_SEGMENT_LENGTH
-    return max(1, round(SEGMENT_SECONDS / dt))
+    return segment_steps(dt)
 
 
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:

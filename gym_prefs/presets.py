@@ -23,6 +23,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from gym_prefs.segments import SEGMENT_SECONDS, segment_steps
+
 __all__ = [
     "DEFAULT_ENV",
     "PRESETS",
@@ -38,8 +40,6 @@ __all__ = [
 DEFAULT_ENV = "Pendulum-v1"
 #: Names accepted by :func:`preset_for` (``"auto"`` picks from the env).
 PRESETS = ("auto", "mujoco", "atari", "none")
-#: Segment duration in simulated time (the paper's MuJoCo clips).
-MUJOCO_SEGMENT_SECONDS = 1.5
 #: MuJoCo envs whose episodes end when the agent fails, with no option to turn that off.
 _KEEPS_TERMINATION = ("InvertedPendulum", "InvertedDoublePendulum")
 
@@ -120,15 +120,16 @@ def is_mujoco(env_id: str) -> bool:
 def mujoco_preset(env_id: str) -> Preset:
     """The paper's MuJoCo settings for ``env_id``.
 
-    TRPO with γ = 0.995 and λ = 0.97; segments of 1.5 s of simulated time (at most half an
-    episode, so that Reacher's 50-step episodes hold two); 25% of the labels before RL; an
+    TRPO with γ = 0.995 and λ = 0.97; segments of 1.5 s of simulated time, at most 60 steps
+    (the paper's 15–60; Hopper and Walker2d step every 8 ms) and at most half an episode (so
+    that Reacher's 50-step episodes hold two); 25% of the labels before RL; an
     ensemble of 3 with reward std 1; termination on falling removed where the env allows it
     (see the module docstring for why, and for envs that keep it).
 
     Example:
         >>> preset = mujoco_preset("Hopper-v5")
         >>> preset.env_kwargs, preset.algo, preset.callback_kwargs["segment_length"]
-        ({'terminate_when_unhealthy': False}, 'trpo', 188)
+        ({'terminate_when_unhealthy': False}, 'trpo', 60)
     """
     if not is_mujoco(env_id):
         raise ValueError(f"{env_id} is not a Gymnasium MuJoCo env; the MuJoCo preset does not apply")
@@ -143,7 +144,9 @@ def mujoco_preset(env_id: str) -> Preset:
     env = gym.make(env_id, **env_kwargs)
     dt = float(env.unwrapped.dt)  # type: ignore[attr-defined]
     env.close()
-    segment = max(1, round(MUJOCO_SEGMENT_SECONDS / dt))
+    segment = segment_steps(dt)
+    if segment < round(SEGMENT_SECONDS / dt):
+        notes.append(f"segments of {segment} steps ({segment * dt:.2f} s), the paper's longest, not 1.5 s")
     if spec.max_episode_steps and segment > spec.max_episode_steps // 2:
         segment = max(1, spec.max_episode_steps // 2)
         notes.append(f"segments cut to {segment} steps, half of the {spec.max_episode_steps}-step episodes")

@@ -16,7 +16,16 @@ from gymnasium import spaces
 
 from gym_prefs.spaces import shape_of
 
-__all__ = ["Segment", "SegmentPool", "TransitionBatch", "TransitionRecorder", "steps_for_bytes"]
+__all__ = [
+    "MAX_SEGMENT_STEPS",
+    "SEGMENT_SECONDS",
+    "Segment",
+    "SegmentPool",
+    "TransitionBatch",
+    "TransitionRecorder",
+    "segment_steps",
+    "steps_for_bytes",
+]
 
 
 @dataclass
@@ -79,6 +88,23 @@ def steps_for_bytes(
 
 def _nbytes(space: spaces.Space[Any]) -> int:
     return int(np.prod(shape_of(space), dtype=np.int64)) * np.dtype(space.dtype).itemsize
+
+
+#: Segment duration in seconds of simulated time (the paper's MuJoCo clips) ...
+SEGMENT_SECONDS = 1.5
+#: ... and the paper's longest segment in steps: Gymnasium's Hopper and Walker2d step every
+#: 8 ms, where 1.5 s would be 188 steps, mostly of a fallen robot early in training.
+MAX_SEGMENT_STEPS = 60
+
+
+def segment_steps(dt: float) -> int:
+    """Steps in a segment for an env stepping every ``dt`` seconds: 1.5 s, at most 60 steps.
+
+    Example:
+        >>> segment_steps(0.05), segment_steps(0.008)  # HalfCheetah, Hopper
+        (30, 60)
+    """
+    return max(1, min(MAX_SEGMENT_STEPS, round(SEGMENT_SECONDS / dt)))
 
 
 class _Ring:

@@ -12,8 +12,9 @@ def test_mujoco_preset_has_the_papers_settings():
     assert preset.algo_kwargs == {"gamma": 0.995, "gae_lambda": 0.97}
     assert preset.callback_kwargs["initial_label_fraction"] == 0.25
     assert preset.callback_kwargs["reward_model"] == {"n_members": 3, "reward_std": 1.0}
-    # 1.5 s of simulated time: Hopper steps 0.008 s, HalfCheetah 0.05 s.
-    assert preset.callback_kwargs["segment_length"] == round(1.5 / 0.008)
+    # 1.5 s of simulated time, at most the paper's 60 steps: Hopper steps 0.008 s (1.5 s would
+    # be 188 steps), HalfCheetah 0.05 s.
+    assert preset.callback_kwargs["segment_length"] == 60
     assert mujoco_preset("HalfCheetah-v5").callback_kwargs["segment_length"] == 30
 
 
