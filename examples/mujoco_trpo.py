@@ -2,9 +2,8 @@
 
 Everything the preset sets is spelled out here: termination on falling removed (so the
 learned reward has to penalise falling), 1.5 s segments (at most 60 steps: 0.48 s on Hopper),
-25% of the labels before RL, TRPO
-with gamma 0.995 and lambda 0.97. Runs for hours on a CPU at full length; ``--smoke`` checks it
-in seconds.
+25% of the labels before RL, TRPO with gamma 0.995 and lambda 0.97. Runs for hours on a CPU at
+full length; ``--smoke`` checks it in seconds.
 
     python examples/mujoco_trpo.py [--env Walker2d-v5]
 """
