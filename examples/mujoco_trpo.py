@@ -1,9 +1,9 @@
 """MuJoCo with the paper's settings: TRPO learns Hopper from 700 synthetic preferences.
 
-Everything the preset sets is spelled out here: termination on falling removed (so the
-learned reward has to penalise falling), 1.5 s segments (at most 60 steps: 0.48 s on Hopper),
-25% of the labels before RL, TRPO with gamma 0.995 and lambda 0.97. Runs for hours on a CPU at
-full length; ``--smoke`` checks it in seconds.
+Everything the preset sets is spelled out here: the learned reward centred on +1 where falling
+ends the episode (so staying up pays, as the env's alive bonus intends), 1.5 s segments (at most
+60 steps: 0.48 s on Hopper), 25% of the labels before RL, TRPO with gamma 0.995 and lambda 0.97.
+Runs for hours on a CPU at full length; ``--smoke`` checks it in seconds.
 
     python examples/mujoco_trpo.py [--env Walker2d-v5]
 """
@@ -26,19 +26,20 @@ SEED = 0
 preset = mujoco_preset(ENV_ID)
 print("preset:", *preset.notes, sep="\n  ")
 
-# 1. The env as in the paper (Hopper: episodes no longer end on falling), reward hidden.
+# 1. The env, its reward hidden (the preset keeps its termination: env_kwargs is empty).
 venv = gym_prefs.VecLearnedReward(make_vec_env(ENV_ID, n_envs=4, seed=SEED, env_kwargs=preset.env_kwargs))
 
 # 2. TRPO with the paper's discount and GAE (sb3-contrib's TRPO has no entropy bonus).
 model = TRPO("MlpPolicy", venv, gamma=0.995, gae_lambda=0.97, n_steps=256 if SMOKE else 2048, seed=SEED)
 
-# 3. 1.5 s segments (at most 60 steps), 25% of the labels before RL, ensemble of 3, reward std 1.
+# 3. 1.5 s segments (at most 60 steps), 25% of the labels before RL, ensemble of 3, reward std 1,
+#    centred on +1 where an episode ends when the robot falls (Hopper, Walker2d, ...).
 callback = gym_prefs.PreferenceCallback(
     "oracle",
     total_labels=LABELS,
     segment_length=preset.callback_kwargs["segment_length"],
     initial_label_fraction=0.25,
-    reward_model={"n_members": 3, "reward_std": 1.0},
+    reward_model=preset.callback_kwargs["reward_model"],
     store=f"runs/{ENV_ID}-trpo/preferences.db",
     seed=SEED,
     verbose=1,

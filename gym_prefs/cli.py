@@ -51,8 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=("auto", "mujoco", "atari", "none"),
         default="auto",
         help="the paper's settings: 'auto' applies the MuJoCo preset to MuJoCo envs (TRPO, 1.5 s segments, "
-        "no termination on falling) and the Atari one to ALE/ envs (A2C, 16 envs, preprocessing, score "
-        "blacked out for the reward model); 'none' uses the library's defaults (default: auto)",
+        "learned reward centred on +1 where falling ends the episode) and the Atari one to ALE/ envs "
+        "(A2C, 16 envs, preprocessing, score blacked out for the reward model); 'none' uses the "
+        "library's defaults (default: auto)",
     )
     train.add_argument(
         "--labeler",

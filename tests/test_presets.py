@@ -11,18 +11,21 @@ def test_mujoco_preset_has_the_papers_settings():
     assert preset.algo == "trpo"
     assert preset.algo_kwargs == {"gamma": 0.995, "gae_lambda": 0.97}
     assert preset.callback_kwargs["initial_label_fraction"] == 0.25
-    assert preset.callback_kwargs["reward_model"] == {"n_members": 3, "reward_std": 1.0}
+    assert preset.callback_kwargs["reward_model"] == {"n_members": 3, "reward_std": 1.0, "reward_mean": 1.0}
     # 1.5 s of simulated time, at most the paper's 60 steps: Hopper steps 0.008 s (1.5 s would
     # be 188 steps), HalfCheetah 0.05 s.
     assert preset.callback_kwargs["segment_length"] == 60
     assert mujoco_preset("HalfCheetah-v5").callback_kwargs["segment_length"] == 30
 
 
-def test_falling_no_longer_ends_the_episode():
-    preset = mujoco_preset("Hopper-v5")
-    assert preset.env_kwargs == {"terminate_when_unhealthy": False}
-    for kwargs, should_end in (({}, True), (preset.env_kwargs, False)):
-        env = gym.make("Hopper-v5", **kwargs)
+def test_falling_ends_the_episode_unless_the_papers_change_is_asked_for():
+    kept = mujoco_preset("Hopper-v5")
+    assert kept.env_kwargs == {} and kept.callback_kwargs["reward_model"]["reward_mean"] == 1.0
+    removed = mujoco_preset("Hopper-v5", remove_termination=True)
+    assert removed.env_kwargs == {"terminate_when_unhealthy": False}
+    assert "reward_mean" not in removed.callback_kwargs["reward_model"]
+    for preset, should_end in ((kept, True), (removed, False)):
+        env = gym.make("Hopper-v5", **preset.env_kwargs)
         env.reset(seed=0)
         ended = False
         for _ in range(300):  # full torque on every joint: the hopper falls within a few dozen steps
@@ -51,7 +54,7 @@ def test_auto_picks_by_env_and_other_algorithms_keep_their_settings():
     assert preset_for("Pendulum-v1").name == "none"
     assert preset_for("Ant-v5", "none").env_kwargs == {}
     sac = preset_for("Hopper-v5", algo="sac")
-    assert sac.algo == "sac" and sac.algo_kwargs == {} and sac.env_kwargs == {"terminate_when_unhealthy": False}
+    assert sac.algo == "sac" and sac.algo_kwargs == {} and sac.callback_kwargs["reward_model"]["reward_mean"] == 1.0
     with pytest.raises(ValueError, match="not a Gymnasium MuJoCo env"):
         mujoco_preset("CartPole-v1")
     with pytest.raises(ValueError, match="preset must be one of"):
