@@ -490,8 +490,15 @@ class PreferenceCallback(BaseCallback):
         steps = max(steps, self.segment_length * self.training_env.num_envs)
         with self._timed("initial_rollout"):
             self._run_current_policy(steps)
-        with self._timed("bookkeeping"):
             self._drain()
+            # An initial policy that fails fast (a random Hopper falls after about 20 steps)
+            # rarely lasts a segment: run it longer, up to the pool's size, until episodes
+            # long enough for twice the segments asked for have been seen.
+            ran, limit = steps, self.pool.capacity * self.training_env.num_envs
+            while self.pool.num_segments(self.segment_length) < 2 * count and ran < limit:
+                self._run_current_policy(ran)
+                self._drain()
+                ran *= 2
         self._ask(count, required=True)
         if self.verbose or getattr(self.source, "needs_clips", False):
             print(f"gym_prefs: waiting for {self.source.pending} initial labels before RL starts")
