@@ -492,9 +492,9 @@ class PreferenceCallback(BaseCallback):
             self._run_current_policy(steps)
             self._drain()
             # An initial policy that fails fast (a random Hopper falls after about 20 steps)
-            # rarely lasts a segment: run it longer, up to the pool's size, until episodes
-            # long enough for twice the segments asked for have been seen.
-            ran, limit = steps, self.pool.capacity * self.training_env.num_envs
+            # rarely lasts a segment: run it longer (up to 32 times as long, within the pool)
+            # until episodes long enough for twice the segments asked for have been seen.
+            ran, limit = steps, min(32 * steps, self.pool.capacity * self.training_env.num_envs)
             while self.pool.num_segments(self.segment_length) < 2 * count and ran < limit:
                 self._run_current_policy(ran)
                 self._drain()

@@ -229,6 +229,35 @@ def test_too_long_segments_are_a_clear_error():
         algo.learn(256, callback=PreferenceCallback("oracle", total_labels=10, segment_length=20))
 
 
+class RarelyLongEpisodes(gym.Env):
+    """Episodes of 10 steps, except every 20th, which lasts 100 (as a random Hopper rarely stays up)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self):
+        self.episodes = 0
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.episodes += 1
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        length = 100 if self.episodes % 20 == 0 else 10
+        return np.full(1, self.t / 100, np.float32), float(action), self.t >= length, False, {}
+
+
+def test_an_initial_policy_that_fails_fast_runs_longer_to_find_whole_segments():
+    algo = make_algo(PPO, LearnedReward(RarelyLongEpisodes()))
+    prefs = PreferenceCallback("oracle", total_labels=8, segment_length=50, initial_label_fraction=0.5, seed=0)
+    algo.learn(128, callback=prefs)  # 200 planned initial steps hold no 50-step episode
+    assert prefs.num_labels >= 4
+
+
 def test_bad_arguments_are_refused_at_construction():
     with pytest.raises(ValueError, match="selection"):
         PreferenceCallback(selection="best")
