@@ -151,7 +151,7 @@ def plot_curves(out: Path, envs: list[str], conditions: list[str]) -> Path:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("true return (2 episodes, deterministic)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path = out / "curves.png"
     fig.savefig(path, dpi=110)
