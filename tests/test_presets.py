@@ -39,6 +39,8 @@ def test_envs_without_termination_or_with_short_episodes():
     assert cheetah.env_kwargs == {} and "reward_mean" not in cheetah.callback_kwargs["reward_model"]
     reacher = mujoco_preset("Reacher-v5")  # 1.5 s would be 75 steps of a 50-step episode
     assert reacher.callback_kwargs["segment_length"] == 25
+    assert reacher.callback_kwargs["reward_model"]["use_actions"]  # its reward is mostly torque cost
+    assert "use_actions" not in cheetah.callback_kwargs["reward_model"]
 
 
 def test_envs_that_keep_termination_get_a_positive_reward_centre():
