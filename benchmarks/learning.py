@@ -117,7 +117,12 @@ def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
                 continue
             returns = [r["final_true_return"] for r in sorted(runs, key=lambda r: r["seed"])]
             median = statistics.median(returns)
-            ratio = f"{median / true_median:.2f}" if true_median and condition != "true" else "—"
+            if condition == "true" or not true_median:
+                ratio = "—"
+            elif true_median < 0:
+                ratio = "n/a (returns < 0)"  # a ratio of negative returns reads backwards
+            else:
+                ratio = f"{median / true_median:.2f}"
             name = "true reward" if condition == "true" else f"{condition} labels"
             per_seed = " / ".join(f"{v:,.0f}" for v in returns)
             seconds = statistics.median(r["seconds"] for r in runs)
