@@ -150,7 +150,7 @@ def main() -> None:
     parts = {k: statistics.median(r["breakdown"].get(k, 0.0) for r in prefs) for k in prefs[0]["breakdown"]}
     vec_env = "SubprocVecEnv" if args.subproc else "DummyVecEnv"
     atari = args.env.startswith("ALE/")
-    wrapper = "LearnedReward per env" if args.per_env or atari else "VecLearnedReward"
+    wrapper = "LearnedReward per env" if args.per_env and not atari else "VecLearnedReward"
     print(
         f"\n{args.env}, {'A2C' if atari else 'PPO'}, {args.n_envs} envs, {args.steps} steps, {args.labels} labels "
         f"({vec_env}, {wrapper}, fitting={args.fitting})"
