@@ -168,9 +168,10 @@ def make_atari_env(
     :class:`HideEpisodeEnds`; the whole VecEnv then goes into
     :class:`~gym_prefs.VecLearnedReward`, so the reward CNN reads every env's frames in one
     batch (on a CPU core 0.43 ms a frame for 16 envs, against 0.75 ms one env at a time) and
-    still sees the real episode ends through ``info["episode_ended"]``. SB3's ``Monitor`` sits innermost, so
-    ``rollout/ep_rew_mean`` still reports real games. With ``learned_reward=False`` the same
-    pipeline keeps the game's reward (a baseline to compare against).
+    still sees the real episode ends through ``info["episode_ended"]``. SB3's ``Monitor`` sits
+    innermost, so ``rollout/ep_rew_mean`` still reports real games. With
+    ``learned_reward=False`` the same pipeline keeps the game's reward (a baseline to compare
+    against).
     """
     from stable_baselines3.common.env_util import make_vec_env
 

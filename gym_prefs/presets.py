@@ -11,7 +11,7 @@ to stay alive, and a slightly negative stretch gives a reason to fall on purpose
 such terminations, so that falling is something the learned reward itself must penalise. Here
 that did not work: PPO on Hopper-v5 without termination, 700 labels, 300k steps, never learned
 to stay up (true return 38 on the standard env, seed 0), while keeping termination and
-centring the learned reward on +1 reached 803 (the true-reward agent: 1,006). So the MuJoCo
+centring the learned reward on +1 reached 889 (the true-reward agent: 1,006). So the MuJoCo
 preset keeps every env's termination and centres the learned reward on +1 in envs that can
 end on failure (Hopper, Walker2d, Ant, Humanoid, the inverted pendulums): every step alive is
 worth something, as the env intends. ``mujoco_preset(env_id, remove_termination=True)`` gives
