@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 
 def run_parallel(jobs: Sequence[tuple[str, list[str]]], workers: int) -> list[bool]:
@@ -18,3 +20,11 @@ def run_parallel(jobs: Sequence[tuple[str, list[str]]], workers: int) -> list[bo
 
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(launch, jobs))
+
+
+def report(result: dict[str, Any], path: str | None) -> None:
+    """Print ``result`` as JSON, and write it to ``path`` too when one is given."""
+    print(json.dumps(result, indent=2))
+    if path:
+        with open(path, "w") as handle:
+            json.dump(result, handle, indent=2)

@@ -12,13 +12,13 @@ for the answers), as the callback does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 
 import gymnasium as gym
 import numpy as np
+from common import report
 
 from gym_prefs import Answer, PreferenceStore
 
@@ -119,10 +119,7 @@ def main() -> None:
         "len_seconds": len_seconds,
         "file_mb": size / 2**20,
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ each pair after ``--think`` seconds, as a person would (the paper: 3-5 s per que
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -18,6 +17,8 @@ import sys
 import tempfile
 import textwrap
 import time
+
+from common import report
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -87,10 +88,7 @@ def main() -> None:
             result["labels_in_store"] = len(reader)
     finally:
         trainer.kill()
-    print(json.dumps(result, indent=2))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+    report(result, args.json)
 
 
 if __name__ == "__main__":
