@@ -23,7 +23,7 @@ from gym_prefs.schedules import LabelSchedule
 from gym_prefs.segments import Segment
 from gym_prefs.sources import Answer, Label, PreferenceSource, PygameLabeler, Query, SyntheticOracle
 from gym_prefs.spaces import UnsupportedSpaceError
-from gym_prefs.store import PreferenceStore, StoreError
+from gym_prefs.store import PreferenceStore, StoreBusyError, StoreError
 from gym_prefs.wrappers import LearnedReward, VecLearnedReward
 
 __version__ = "0.1.0"
@@ -43,6 +43,7 @@ __all__ = [
     "RewardEnsemble",
     "RewardTrainer",
     "Segment",
+    "StoreBusyError",
     "StoreError",
     "SyntheticOracle",
     "UnsupportedSpaceError",

@@ -1,15 +1,40 @@
 """The preference store: every segment shown, every query asked and every answer, on disk.
 
-A store is one SQLite file (write-ahead logging, no server). It is the single source of truth
-for labels: a label exists once its transaction has committed, a run restarted on the same
-store continues with every label it had, and another process may read it (or, in the case of a
-person's viewer, answer queries in it) while a run writes to it.
+A store is one SQLite file in write-ahead-logging mode (no server), the single source of truth
+for labels. What it promises:
+
+* **A label is durable once** :meth:`PreferenceStore.record_answers` **returns**: the
+  transaction is committed to the write-ahead log with ``synchronous=FULL``, so neither a killed
+  process nor a power cut loses it, and a run restarted on the same store continues with every
+  label it had.
+* **Nothing half-made, nothing clobbered.** A new store is built completely in a hidden
+  temporary file beside it and then published under its name in one atomic step, so a process
+  killed while creating one leaves no store or a complete one, never a file that later runs
+  refuse. A file that is not a store (another format, another SQLite database, a store of a newer
+  schema or for other spaces) is refused and left byte-for-byte as it was; a damaged store is
+  reported as damaged and left untouched too. Only a file that holds no data at all (zero bytes,
+  or an SQLite database without a single table, which is what older versions left behind when
+  interrupted) is replaced by a new store.
+* **One machine.** A store must live on a disk of the machine whose processes use it, never on a
+  network file system (NFS, SMB): SQLite's write-ahead log relies on memory shared by the
+  processes of one machine, and over a network file system it can corrupt the store.
+* **One training run at a time, any number of readers.** A training run takes the store's run
+  lock (:meth:`PreferenceStore.lock_for_run`), and a second run on the same store is refused
+  with :class:`StoreBusyError` while the first is alive. Readers (``readonly=True``) and
+  labelling windows (:mod:`gym_prefs.viewer`) on the same machine may open it at any time, also
+  while a run writes to it.
+
+This module holds the store's tables and what is read from and written to them. The store's file
+on disk (inspecting a path before opening it, creating a store atomically, connecting) is
+:mod:`gym_prefs.store_files`; the run lock is :mod:`gym_prefs.run_lock`; the errors are
+:mod:`gym_prefs.store_errors`, re-exported here.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import operator
 import os
 import sqlite3
 import time
@@ -23,50 +48,30 @@ from typing import Any, cast
 import numpy as np
 from gymnasium import spaces
 
+from gym_prefs.run_lock import RunLock
 from gym_prefs.segments import Segment
-from gym_prefs.sources.base import PREFERENCE_OF, Answer, Label, Query
+from gym_prefs.sources.base import LABELS, PREFERENCE_OF, Answer, Label, Query
 from gym_prefs.spaces import space_from_config, space_to_config, spaces_match
+from gym_prefs.store_errors import StoreBusyError, StoreError
+from gym_prefs.store_files import (
+    SCHEMA_VERSION,
+    VACANT_WHAT,
+    connect_readonly,
+    connect_writable,
+    create_store_file,
+    damaged_message,
+    inspect_path,
+    new_store_meta,
+    read_meta_untouched,
+    remove_stale_creations,
+    unreadable_message,
+    unwritable_message,
+)
 
-__all__ = ["SCHEMA_VERSION", "LabelledPairs", "PreferenceStore", "StoreError"]
+__all__ = ["SCHEMA_VERSION", "LabelledPairs", "PreferenceStore", "StoreBusyError", "StoreError"]
 
-#: Written into every store; a store with a larger number was made by a newer gym_prefs.
-SCHEMA_VERSION = 1
-_MAGIC = "gym_prefs.PreferenceStore"
-#: How long a writer waits for another process's transaction before giving up (seconds).
-_BUSY_TIMEOUT = 60.0
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE segments (
-    id INTEGER PRIMARY KEY,
-    length INTEGER NOT NULL,
-    obs BLOB NOT NULL,
-    actions BLOB NOT NULL,
-    true_rewards BLOB,
-    frames BLOB
-);
-CREATE TABLE queries (
-    id INTEGER PRIMARY KEY,
-    first_segment INTEGER NOT NULL REFERENCES segments(id),
-    second_segment INTEGER NOT NULL REFERENCES segments(id),
-    source TEXT NOT NULL,
-    asked_at REAL NOT NULL,
-    timestep INTEGER,
-    status TEXT NOT NULL CHECK (status IN ('pending', 'answered', 'skipped'))
-);
-CREATE TABLE answers (
-    query_id INTEGER PRIMARY KEY REFERENCES queries(id),
-    label TEXT NOT NULL CHECK (label IN ('first', 'second', 'equal', 'skip')),
-    labeler TEXT NOT NULL,
-    answered_at REAL NOT NULL,
-    seconds REAL NOT NULL
-);
-CREATE INDEX queries_by_status ON queries(status);
-"""
-
-
-class StoreError(ValueError):
-    """A file that cannot be used as this store (not a store, a newer schema, another env)."""
+#: How often opening retries when other processes keep creating or replacing the file meanwhile.
+_OPEN_ATTEMPTS = 10
 
 
 def pack_array(array: np.ndarray) -> bytes:
@@ -115,10 +120,18 @@ class LabelledPairs:
 class PreferenceStore:
     """An SQLite database of the segments shown, the queries asked and the answers given.
 
-    Opening a path that does not exist creates a store there. Opening an existing file checks,
-    before writing anything, that it is a store of this or an older schema made for the same
-    spaces and segment length; anything else raises :class:`StoreError` and leaves the file
-    byte-for-byte as it was.
+    Opening a path where there is no store creates one there (atomically: see the module
+    docstring); a file there that holds no data at all (zero bytes, or an SQLite database
+    without tables) counts as no store. Opening an existing file checks, before writing anything,
+    that it is a store of this or an older schema made for the same spaces and segment length,
+    and, unless ``readonly``, that this process may write to it; anything else raises
+    :class:`StoreError` and leaves the file byte-for-byte as it was.
+
+    Promises: a label is durable once :meth:`record_answers` returns (write-ahead log,
+    ``synchronous=FULL``); a store is used on one machine only, never on a network file system
+    (NFS, SMB), because SQLite's write-ahead log relies on memory shared between that machine's
+    processes; one training run at a time (:meth:`lock_for_run`) and any number of readers and
+    labelling windows on that machine, also while the run writes.
 
     ``len(store)`` is the number of labels: answered queries, not those skipped ("can't tell").
 
@@ -129,19 +142,33 @@ class PreferenceStore:
         action_space: the env's action space (likewise).
         segment_length: steps per segment (likewise).
         env_id: recorded for reference when creating a store.
-        readonly: open for reading only (never creates, never writes).
+        readonly: open for reading only (never creates, never writes). A store in a folder this
+            process cannot write to can be read this way, unless it has changes not yet merged
+            from its ``-wal`` file.
+
+    Raises:
+        StoreError: the file is not a store, is damaged, holds no store yet (``readonly``), was
+            made for other spaces or by a newer gym_prefs, or cannot be written (not
+            ``readonly``).
+        FileNotFoundError: ``readonly`` and there is no file at ``path``.
+        ValueError: a store has to be created and the spaces or segment length are missing or
+            invalid (nothing is created then).
 
     Example:
         >>> import tempfile, os
         >>> from gymnasium import spaces
         >>> path = os.path.join(tempfile.mkdtemp(), "prefs.db")
         >>> store = PreferenceStore(path, spaces.Box(-1, 1, (3,)), spaces.Discrete(2), segment_length=4)
+        >>> store.lock_for_run()  # this process is the one training run on this store
         >>> pairs = {"obs": np.zeros((2, 2, 4, 3)), "actions": np.zeros((2, 2, 4), int)}
         >>> ids = store.add_queries(pairs, source="oracle")
         >>> _ = store.record_answers([Answer(ids[0], "first", "oracle"), Answer(ids[1], "skip", "oracle")])
-        >>> len(store), store.counts()["skipped"]
-        (1, 1)
-        >>> store.close()
+        >>> len(store), store.counts()["skipped"], store.check()  # both answers are on disk now
+        (1, 1, [])
+        >>> reader = PreferenceStore(path, readonly=True)  # any number of these, any time
+        >>> len(reader)
+        1
+        >>> reader.close(); store.close()  # close() releases the run lock
     """
 
     def __init__(
@@ -154,69 +181,97 @@ class PreferenceStore:
         readonly: bool = False,
     ) -> None:
         self.path = Path(path)
-        exists = self.path.exists()
-        if exists:
-            meta = _read_meta_untouched(self.path)
-            self._check_compatible(
-                space_from_config(json.loads(meta["observation_space"])),
-                space_from_config(json.loads(meta["action_space"])),
-                int(meta["segment_length"]),
-                meta.get("env_id") or None,
-                observation_space,
-                action_space,
-                segment_length,
-            )
-        elif readonly:
-            raise FileNotFoundError(f"no preference store at {self.path}")
         self._readonly = readonly
-        self._connection = self._connect()
-        if not exists:
-            if observation_space is None or action_space is None or segment_length is None:
-                self._connection.close()
-                raise ValueError("creating a preference store needs observation_space, action_space and segment_length")
-            self._create(observation_space, action_space, segment_length, env_id)
-        meta = dict(self._connection.execute("SELECT key, value FROM meta").fetchall())
+        self._closed = False
+        self._run_lock = RunLock(self.path)
+        # Arguments first: a call that fails on them must not leave a file or folder behind.
+        if segment_length is not None:
+            segment_length = _positive_int(segment_length, "segment_length")
+        if readonly:
+            meta = read_meta_untouched(self.path)
+        else:
+            if self.path.is_file() and not os.access(self.path, os.W_OK):
+                # Before reading it too: in a writable folder, even SQLite's read-only reading would
+                # leave -wal and -shm files of this user behind.
+                raise StoreError(unwritable_message(self.path, "this user may not write to the file"))
+            meta = self._open_or_create(observation_space, action_space, segment_length, env_id)
+        self._check_compatible(
+            space_from_config(json.loads(meta["observation_space"])),
+            space_from_config(json.loads(meta["action_space"])),
+            int(meta["segment_length"]),
+            meta.get("env_id") or None,
+            observation_space,
+            action_space,
+            segment_length,
+        )
+        if readonly:
+            try:
+                self._connection = connect_readonly(self.path)
+            except sqlite3.Error as error:
+                raise StoreError(unreadable_message(self.path, error)) from error
+        else:
+            self._connection = connect_writable(self.path)
+            # A creation killed after publishing its store, before removing its temporary file.
+            remove_stale_creations(self.path.parent)
+        try:
+            meta = dict(self._connection.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise StoreError(damaged_message(self.path, error)) from error
         self.observation_space = space_from_config(json.loads(meta["observation_space"]))
         self.action_space = space_from_config(json.loads(meta["action_space"]))
         self.segment_length = int(meta["segment_length"])
         self.env_id = meta.get("env_id") or None
 
     # ------------------------------------------------------------------ opening
-    def _connect(self) -> sqlite3.Connection:
-        if self._readonly:
-            uri = f"file:{self.path.resolve()}?mode=ro"
-            connection = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT, isolation_level=None)
-            connection.execute("PRAGMA journal_mode=WAL")
-            # With WAL, NORMAL still never corrupts the database on a crash; FULL also makes
-            # every commit durable against power loss, which is what a person's labels deserve.
-            connection.execute("PRAGMA synchronous=FULL")
-        connection.execute("PRAGMA foreign_keys=ON")
-        return connection
-
-    def _create(
+    def _open_or_create(
         self,
-        observation_space: spaces.Space[Any],
-        action_space: spaces.Space[Any],
-        segment_length: int,
+        observation_space: spaces.Space[Any] | None,
+        action_space: spaces.Space[Any] | None,
+        segment_length: int | None,
         env_id: str | None,
-    ) -> None:
-        meta = {
-            "format": _MAGIC,
-            "schema_version": str(SCHEMA_VERSION),
-            "observation_space": json.dumps(space_to_config(observation_space)),
-            "action_space": json.dumps(space_to_config(action_space)),
-            "segment_length": str(int(segment_length)),
-            "env_id": env_id or "",
-            "created_at": str(time.time()),
-        }
-        with self._transaction() as cursor:
-            # One statement at a time: executescript() would commit the open transaction.
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                cursor.execute(statement)
-            cursor.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
+    ) -> dict[str, str]:
+        """The meta of the store at :attr:`path`, created first (atomically) if there is none."""
+        for _ in range(_OPEN_ATTEMPTS):
+            found = inspect_path(self.path)
+            if isinstance(found, dict):
+                return found
+            if observation_space is None or action_space is None or segment_length is None:
+                message = (
+                    "creating a preference store needs observation_space, action_space and segment_length"
+                    f" (there is {'no file' if found == 'absent' else VACANT_WHAT} at {self.path})"
+                )
+                raise ValueError(message) if found == "absent" else StoreError(message)
+            new_meta = new_store_meta(observation_space, action_space, segment_length, env_id)
+            create_store_file(self.path, new_meta, replace_vacant=found == "vacant")
+            # Whether this process or a concurrent one published the store, open what is there now.
+        raise StoreError(
+            f"could not open or create a preference store at {self.path}: other processes kept creating "
+            "or replacing the file meanwhile. Try again, or pass another path."
+        )
+
+    def lock_for_run(self) -> None:
+        """Make this process the one training run on this store, until :meth:`close`.
+
+        Two runs on one store would both spend its label budget, so a training run takes this
+        lock first (a :class:`~gym_prefs.run_lock.RunLock`). It is an ``flock`` on
+        ``<store path>-run.lock``: the kernel releases it when the process ends however it ends
+        (``SIGKILL`` included), so a killed run never blocks the next one. The file holds the
+        holder's pid, host and start time, for the message others get. Readers and labelling
+        windows never take it. Taking it again through the same store object does nothing.
+        Without ``fcntl`` (Windows) there is no lock: a warning says so once, and keeping to one
+        run per store is up to you.
+
+        Raises:
+            StoreBusyError: another live process holds the lock (the message names it).
+            PermissionError: the store was opened read-only.
+            StoreError: the lock file cannot be created.
+        """
+        if self._readonly:
+            raise PermissionError(f"the preference store {self.path} was opened read-only; a run needs it writable")
+        if self.closed:
+            raise StoreError(f"the preference store {self.path} is closed; open it again to lock it for a run")
+        self._run_lock.acquire()
 
     def check_matches(
         self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any], segment_length: int
@@ -259,15 +314,31 @@ class PreferenceStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Cursor]:
+        """A write transaction: committed if the block completes, else rolled back (nothing written).
+
+        Raises:
+            StoreError: the disk is full (SQLite's ``SQLITE_FULL``); nothing of the transaction
+                was written.
+        """
         cursor = self._connection.cursor()
-        cursor.execute("BEGIN IMMEDIATE")
         try:
-            yield cursor
-        except BaseException:
-            cursor.execute("ROLLBACK")
-            raise
-        else:
-            cursor.execute("COMMIT")
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+                cursor.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls some failures back itself (a full disk may be one of them).
+                if self._connection.in_transaction:
+                    cursor.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as error:
+            if not _is_disk_full(error):
+                raise
+            raise StoreError(
+                f"the disk holding the preference store {self.path} is full: nothing of this transaction was "
+                "written, every label committed before is kept; free space and start the run again on the same "
+                "store."
+            ) from error
         finally:
             cursor.close()
 
@@ -314,24 +385,73 @@ class PreferenceStore:
     def record_answers(self, answers: Sequence[Answer]) -> list[Answer]:
         """Commit answers in one transaction; returns the answers now stored for those queries.
 
-        An answer to a query that already has one is ignored (the first answer stands, and is
-        the one returned), so an answer may be delivered twice, or committed by a viewer
-        process before the training process collects it.
+        Once this returns, the answers are on disk (see the module docstring). An answer to a
+        query that already has one is ignored (the first answer stands, and is the one
+        returned), so an answer may be delivered twice, or committed by a viewer process before
+        the training process collects it.
+
+        Raises:
+            StoreError: an answer's query id is not an integer or not a query of this store, or
+                its label is not one of :data:`~gym_prefs.sources.base.LABELS`; the message names
+                them, and nothing at all is written (drop those answers and record the rest).
+            PermissionError: the store was opened read-only.
         """
         if self._readonly:
             raise PermissionError(f"the preference store {self.path} was opened read-only")
+        if not answers:
+            return []
+        rows: list[tuple[int, str, str, float]] = []
+        not_integers: list[object] = []
+        bad_labels: list[str] = []
+        for answer in answers:
+            try:
+                if isinstance(answer.query_id, bool):  # an int to Python, never a query id
+                    raise TypeError
+                query_id = operator.index(answer.query_id)  # NumPy integers included
+            except TypeError:
+                not_integers.append(answer.query_id)
+                continue
+            if answer.label not in LABELS:
+                bad_labels.append(f"{answer.label!r} (query {query_id})")
+            rows.append((query_id, answer.label, str(answer.labeler), float(answer.seconds)))
         now = time.time()
         with self._transaction() as cursor:
-            for answer in answers:
+            # Checked inside the write transaction, so nothing can change in between; raising
+            # here rolls it back, and nothing of the batch is written.
+            unknown = sorted({row[0] for row in rows} - self._existing_query_ids(cursor, [row[0] for row in rows]))
+            if not_integers or unknown or bad_labels:
+                problems = []
+                if not_integers:
+                    problems.append(f"query ids that are not integers: {', '.join(map(repr, not_integers))}")
+                if unknown:
+                    problems.append(f"query ids this store never asked: {', '.join(map(str, unknown))}")
+                if bad_labels:
+                    problems.append(f"labels not one of {LABELS}: {', '.join(bad_labels)}")
+                raise StoreError(
+                    f"{len(answers)} answers were not recorded in {self.path}, none of them: "
+                    + "; ".join(problems)
+                    + ". Drop those answers and record the others."
+                )
+            for query_id, label, labeler, seconds in rows:
                 cursor.execute(
                     "INSERT OR IGNORE INTO answers (query_id, label, labeler, answered_at, seconds) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (answer.query_id, answer.label, answer.labeler, now, float(answer.seconds)),
+                    (query_id, label, labeler, now, seconds),
                 )
                 if cursor.rowcount:
-                    status = "skipped" if answer.label == "skip" else "answered"
-                    cursor.execute("UPDATE queries SET status = ? WHERE id = ?", (status, answer.query_id))
-        return self.answers_for([answer.query_id for answer in answers])
+                    status = "skipped" if label == "skip" else "answered"
+                    cursor.execute("UPDATE queries SET status = ? WHERE id = ?", (status, query_id))
+        return self.answers_for([row[0] for row in rows])
+
+    @staticmethod
+    def _existing_query_ids(cursor: sqlite3.Cursor, query_ids: Sequence[int]) -> set[int]:
+        ids = sorted(set(query_ids))
+        found: set[int] = set()
+        for start in range(0, len(ids), 500):  # SQLite limits the number of parameters
+            chunk = ids[start : start + 500]
+            rows = cursor.execute(f"SELECT id FROM queries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
+            found.update(int(row[0]) for row in rows.fetchall())
+        return found
 
     def answers_for(self, query_ids: Sequence[int]) -> list[Answer]:
         """The stored answers to these queries (queries without one are left out), in id order."""
@@ -445,6 +565,22 @@ class PreferenceStore:
         query_ids = np.array([row[0] for row in rows], dtype=np.int64)
         return LabelledPairs(obs, actions, mu, query_ids, rewards, labels.astype(str))
 
+    def check(self) -> list[str]:
+        """Check the whole file for damage (SQLite's ``PRAGMA quick_check``); ``[]`` means healthy.
+
+        This reads every page of the store, so it takes about as long as copying the file.
+
+        Returns:
+            The problems found, one a string; an empty list when the store is healthy.
+        """
+        problems: list[str] = []
+        try:
+            for row in self._connection.execute("PRAGMA quick_check"):
+                problems.append(str(row[0]))
+        except sqlite3.DatabaseError as error:  # damage bad enough to stop the check: after what it found
+            problems.append(str(error))
+        return [] if problems == ["ok"] else problems
+
     # ------------------------------------------------------------------ datasets
     def export(self, path: str | os.PathLike[str]) -> int:
         """Write every label with its segments to a portable ``.npz`` file; returns the count.
@@ -509,13 +645,17 @@ class PreferenceStore:
         return store
 
     def close(self) -> None:
-        """Close the connection (every committed label is already on disk)."""
+        """Close the connection and release the run lock (every committed label is already on disk)."""
+        if self._closed:
+            return
         self._connection.close()
         self._closed = True
+        self._run_lock.release()
 
     @property
     def closed(self) -> bool:
-        return getattr(self, "_closed", False)
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def __enter__(self) -> PreferenceStore:
         return self
@@ -528,27 +668,19 @@ class PreferenceStore:
         return f"PreferenceStore({str(self.path)!r}, {labels})"
 
 
-def _read_meta_untouched(path: Path) -> dict[str, str]:
-    """Read a store's metadata without writing a byte, or raise :class:`StoreError`."""
-    if path.stat().st_size == 0:
-        raise StoreError(f"{path} is an empty file, not a gym_prefs preference store; pass another path")
+def _positive_int(value: object, name: str) -> int:
     try:
-        # Immutable read-only mode: SQLite neither writes nor takes locks.
-        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=_BUSY_TIMEOUT)
-        try:
-            meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as error:
-        raise StoreError(
-            f"{path} is not a gym_prefs preference store ({error}); it was left untouched. Pass another path."
-        ) from error
-    if meta.get("format") != _MAGIC:
-        raise StoreError(f"{path} is an SQLite database but not a gym_prefs preference store; it was left untouched")
-    version = int(meta.get("schema_version", "0"))
-    if version > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has store schema version {version}, newer than this gym_prefs understands "
-            f"({SCHEMA_VERSION}); upgrade gym_prefs to use it. The file was left untouched."
-        )
-    return meta
+        number = operator.index(cast(Any, value))
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {number}")
+    return number
+
+
+def _is_disk_full(error: sqlite3.OperationalError) -> bool:
+    """Whether SQLite failed because the disk (or the file system's quota) is full: ``SQLITE_FULL``."""
+    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and newer
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
+    return "database or disk is full" in str(error)
