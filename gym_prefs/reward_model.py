@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib
 import io
 import math
 import os
+import secrets
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,8 +40,32 @@ from gym_prefs.spaces import (
 __all__ = ["RewardEnsemble"]
 
 FORMAT = "gym_prefs.RewardEnsemble"
-FORMAT_VERSION = 1
+# Version 2 put a checksummed header in front of the torch payload; version 1 files (a bare
+# torch payload) are still read.
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
 CUSTOM_CALLABLE = "<callable>"
+# The header of a saved model: magic, format version, payload length, SHA-256 of the payload.
+# torch.load does not check its zip's CRCs: 38 of 40 files with one byte changed loaded and
+# predicted NaN or 1e6-sized rewards. The checksum is verified before torch reads a byte. The
+# magic starts with a non-ASCII byte and holds a CR LF, so text-mode copies are caught too.
+FILE_MAGIC = b"\x89GPRM\r\n\x1a"
+_HEADER = struct.Struct("<8sIQ32s")
+HEADER_SIZE = _HEADER.size
+_ZIP_MAGIC = b"PK\x03\x04"  # how a bare torch.save payload (a version 1 file) begins
+_REFIT_HINT = (
+    "use an earlier copy of the model, or fit a new one from the labels with `gym-prefs fit STORE --out MODEL.pt`"
+)
+# Batched inference (selection, calibration, relabelling) runs in batches of about this many
+# bytes of working memory, whatever the observations. A fixed 4096 rows was harmless for vectors
+# but, at about 24 MiB a row, would need 96 GiB for 512x512x3 images (the kernel killed such a
+# run at 21 GB).
+INFERENCE_BATCH_BYTES = 256 * 2**20
+# Peak memory of an inference forward pass per row, in units of 4 bytes x members x the widest
+# layer (the input for the CNN). Measured (peak RSS growth per row, 3 members, CPU): CNN on
+# 512x512x3 images 2.65, on 84x84x4 2.8 (the float copy of the input, its per-member copies and
+# two convolution outputs live at once); MLP 17 -> (64, 64) 3.0.
+INFERENCE_ACTIVATION_FACTOR = 3
 # Batches up to this many transitions (the per-step ones) take the folded NumPy path; larger
 # ones run in torch, which follows torch.set_num_threads.
 FOLDED_MAX_ROWS = 256
@@ -148,6 +176,7 @@ class RewardEnsemble(nn.Module):
         self.factory_path = _factory_path(member_factory)
 
         self._member_factory = member_factory
+        self._row_bytes = self._inference_row_bytes()
         self.net = self._build_seeded(seed)
 
         # Input standardisation for vector observations (set from labelled data when fitting).
@@ -274,10 +303,44 @@ class RewardEnsemble(nn.Module):
         shape = (self.n_members,) + (1,) * (raw.dim() - 1)
         return (raw - self.offset.view(shape)) * self.scale.view(shape)
 
+    def _inference_row_bytes(self) -> int:
+        """Estimated peak working memory of one row of an inference forward pass, in bytes."""
+        obs_elements = math.prod(self.obs_shape)
+        if self.network == "mlp" and self._member_factory is None:
+            # The input is shared (a broadcast view) but every member holds its hidden layers.
+            widest = max(obs_elements + self.act_dim, *self.hidden_sizes)
+        else:
+            # The CNN copies the input for every member and its layers are narrower than the
+            # input; a user's member network is assumed to hold about its input per member.
+            widest = obs_elements + self.act_dim
+        return 4 * self.n_members * widest * INFERENCE_ACTIVATION_FACTOR
+
+    @property
+    def inference_batch_rows(self) -> int:
+        """Rows per forward pass of batched inference when no ``batch_size`` is given.
+
+        :data:`INFERENCE_BATCH_BYTES` divided by an estimate of the working memory of one row
+        (:data:`INFERENCE_ACTIVATION_FACTOR` x 4 bytes x members x the widest layer), at least 1:
+        with 3 members, 9 rows of 512x512x3 images, 264 of 84x84x4 frames, 116,508 of vector
+        observations for the (64, 64) MLP.
+        """
+        return max(1, INFERENCE_BATCH_BYTES // self._row_bytes)
+
+    def _batch_rows(self, batch_size: int | None) -> int:
+        if batch_size is None:
+            return self.inference_batch_rows
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive number of rows, or None for the default; got {batch_size}")
+        return int(batch_size)
+
     @torch.inference_mode()
-    def _predict_tensor(self, obs: np.ndarray, act: np.ndarray, batch_size: int) -> torch.Tensor:
-        """Normalised member rewards ``[n, count]`` for ``count`` flattened transitions."""
+    def _predict_tensor(self, obs: np.ndarray, act: np.ndarray, batch_size: int | None = None) -> torch.Tensor:
+        """Normalised member rewards ``[n, count]`` for ``count`` flattened transitions.
+
+        Runs ``batch_size`` rows at a time (by default :attr:`inference_batch_rows`).
+        """
         count = len(obs)
+        batch_size = self._batch_rows(batch_size)
         if count <= batch_size:  # the per-step path: no chunking, no concatenation
             return self.normalise(self.raw_members(*self.preprocess(obs, act)))
         chunks = [
@@ -294,18 +357,21 @@ class RewardEnsemble(nn.Module):
         act = np.asarray(act).reshape(count, *self._act_shape)
         return obs, act, lead
 
-    def predict_members(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    def predict_members(self, obs: np.ndarray, act: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Normalised rewards of every member, ``[n_members, *lead]`` for ``obs`` of ``[*lead, ...]``.
 
-        Runs in evaluation mode (no dropout, batch-norm running statistics).
+        Runs in evaluation mode (no dropout, batch-norm running statistics), ``batch_size``
+        rows per forward pass. The default, :attr:`inference_batch_rows`, keeps the working
+        memory near :data:`INFERENCE_BATCH_BYTES` whatever the size of the observations; pass
+        a number of rows to trade memory for speed yourself.
         """
         obs, act, lead = self._flatten(obs, act)
         return self._predict_tensor(obs, act, batch_size).cpu().numpy().reshape(self.n_members, *lead)
 
-    def predict(self, obs: np.ndarray, act: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+    def predict(self, obs: np.ndarray, act: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Predicted rewards r̂(o, a) for a batch: ``[*lead]`` float32 for ``obs`` of ``[*lead, ...]``.
 
-        Zeros until the ensemble has been fitted.
+        Zeros until the ensemble has been fitted. ``batch_size`` is as for :meth:`predict_members`.
         """
         obs, act, lead = self._flatten(obs, act)
         if not self.is_fitted:
@@ -386,7 +452,17 @@ class RewardEnsemble(nn.Module):
         }
 
     def to_bytes(self) -> bytes:
-        """Serialise config, weights and normalisation (CPU tensors, no pickled objects)."""
+        """Serialise config, weights and normalisation (CPU tensors, no pickled objects).
+
+        The bytes are a fixed header (:data:`FILE_MAGIC`, the format version, the payload's
+        length and SHA-256) followed by a ``torch.save`` payload; :meth:`from_bytes` checks the
+        header before it reads the payload.
+        """
+        payload = self._payload_bytes()
+        return _HEADER.pack(FILE_MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest()) + payload
+
+    def _payload_bytes(self) -> bytes:
+        """The ``torch.save`` payload of :meth:`to_bytes`, without the header."""
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
         buffer = io.BytesIO()
         torch.save({"format": FORMAT, "version": FORMAT_VERSION, "config": self.config(), "state": state}, buffer)
@@ -399,20 +475,23 @@ class RewardEnsemble(nn.Module):
         device: str | torch.device = "cpu",
         member_factory: MemberFactory | None = None,
     ) -> RewardEnsemble:
-        """Inverse of :meth:`to_bytes`."""
-        try:
-            payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"not a gym_prefs reward model file ({error})") from error
-        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-            raise ValueError("not a gym_prefs reward model file (no gym_prefs format header)")
-        if payload["version"] > FORMAT_VERSION:
-            raise ValueError(
-                f"this reward model file has format version {payload['version']}, newer than "
-                f"this gym_prefs understands ({FORMAT_VERSION}); upgrade gym_prefs"
-            )
+        """Inverse of :meth:`to_bytes`; also reads the header-less files of gym_prefs 0.1 (format 1).
+
+        Raises:
+            ValueError: if ``data`` is not a reward model, is damaged (checksum mismatch,
+                truncated, NaN or infinite weights) or comes from a newer gym_prefs.
+        """
+        return cls._from_payload(_read_payload(data), device, member_factory)
+
+    @classmethod
+    def _from_payload(
+        cls,
+        payload: dict[str, Any],
+        device: str | torch.device,
+        member_factory: MemberFactory | None,
+    ) -> RewardEnsemble:
         config = dict(payload["config"])
-        saved_factory = config.pop("member_factory")
+        saved_factory = config.pop("member_factory", None)
         factory = member_factory if member_factory is not None else saved_factory
         if factory == CUSTOM_CALLABLE:
             raise ValueError(
@@ -430,21 +509,43 @@ class RewardEnsemble(nn.Module):
             seed=0,
             **config,
         )
-        model.load_state_dict(payload["state"])
+        try:
+            model.load_state_dict(payload["state"])
+        except RuntimeError as error:  # missing, extra or misshapen tensors
+            raise ValueError(
+                f"the reward model's weights do not fit its saved configuration ({error}); the file is "
+                f"damaged or was edited: {_REFIT_HINT}"
+            ) from error
         return model
 
     @staticmethod
     def state_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
-        """Just the weights and normalisation of a :meth:`to_bytes` payload."""
-        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        return payload["state"]
+        """Just the weights and normalisation of a :meth:`to_bytes` payload, checked as by :meth:`from_bytes`."""
+        return _read_payload(data)["state"]
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the model to ``path`` (atomically: a crash never leaves half a file)."""
-        tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "wb") as handle:
-            handle.write(self.to_bytes())
-        os.replace(tmp, path)
+        """Write the model to ``path`` atomically.
+
+        The bytes go to a temporary file of a unique name in the same folder, are flushed to
+        the disk, and the file is renamed over ``path``: a crash never leaves half a file, and
+        processes saving to the same path at once each write a whole file (the last one wins).
+        """
+        data = self.to_bytes()
+        path = os.fspath(path)
+        folder = os.path.dirname(path) or os.curdir
+        handle, tmp = _create_unique_file(folder, os.path.basename(path))
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(data)
+                file.flush()
+                # Without it, a power cut after the rename can leave an empty file at ``path``.
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        _fsync_folder(folder)
 
     @classmethod
     def load(
@@ -460,18 +561,134 @@ class RewardEnsemble(nn.Module):
             device: where to put the networks.
             member_factory: the factory, when the model was built from a callable rather than
                 an import path (a callable is not saved).
+
+        Raises:
+            ValueError: as :meth:`from_bytes`, with the path.
         """
         with open(path, "rb") as handle:
-            return cls.from_bytes(handle.read(), device=device, member_factory=member_factory)
+            data = handle.read()
+        try:
+            return cls.from_bytes(data, device=device, member_factory=member_factory)
+        except ValueError as error:
+            raise ValueError(f"cannot load the reward model {os.fspath(path)}: {error}") from error
 
     def clone(self) -> RewardEnsemble:
-        """An independent copy on the same device."""
+        """An independent copy on the same device (a faithful one: NaN weights stay NaN)."""
         factory = self._member_factory if callable(self._member_factory) else None
-        return RewardEnsemble.from_bytes(self.to_bytes(), device=self.device, member_factory=factory)
+        # No bytes in between: load_state_dict copies every tensor into the new model.
+        payload = {"config": self.config(), "state": self.state_dict()}
+        return RewardEnsemble._from_payload(payload, self.device, member_factory=factory)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Pickled (e.g. sent to SubprocVecEnv workers) as plain tensors, always on the CPU.
-        return (RewardEnsemble.from_bytes, (self.to_bytes(),))
+        # Pickled (e.g. sent to SubprocVecEnv workers) as plain tensors, always on the CPU. A
+        # pickle is a copy in memory, not a file: no header (the transport has its own checks),
+        # and, like clone(), faithful even to weights that are not finite.
+        return (_unpickle, (self._payload_bytes(),))
+
+
+def _unpickle(data: bytes) -> RewardEnsemble:
+    return RewardEnsemble._from_payload(_load_payload(io.BytesIO(data), FORMAT_VERSION, False), "cpu", None)
+
+
+def _damaged(what: str) -> ValueError:
+    return ValueError(f"the reward model file is damaged ({what}); {_REFIT_HINT}")
+
+
+def _read_payload(data: bytes) -> dict[str, Any]:
+    """The checked ``torch.save`` payload of :meth:`RewardEnsemble.to_bytes` bytes or of a format 1 file.
+
+    Checks the header (magic, version, length, SHA-256) before torch reads anything, then the
+    payload's structure and that every float tensor is finite.
+    """
+    if data[: len(FILE_MAGIC)] == FILE_MAGIC:
+        if len(data) < HEADER_SIZE:
+            raise _damaged(f"truncated: {len(data)} bytes, shorter than the {HEADER_SIZE}-byte header")
+        _, version, length, digest = _HEADER.unpack_from(data)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"this reward model file has format version {version}, newer than this gym_prefs "
+                f"understands ({FORMAT_VERSION}); upgrade gym_prefs (if no newer gym_prefs wrote "
+                f"it, the file is damaged: {_REFIT_HINT})"
+            )
+        if version <= LEGACY_FORMAT_VERSION:
+            raise _damaged(f"its header gives format version {version}, which has no header")
+        payload_bytes = memoryview(data)[HEADER_SIZE:]
+        if len(payload_bytes) != length:
+            problem = "truncated" if len(payload_bytes) < length else "bytes added at the end"
+            raise _damaged(f"{problem}: {len(payload_bytes)} bytes after the header, {length} were written")
+        if hashlib.sha256(payload_bytes).digest() != digest:
+            raise _damaged("checksum mismatch: the SHA-256 of its contents differs from the one saved with them")
+        return _load_payload(io.BytesIO(payload_bytes), version, check_finite=True)
+    if data[: len(_ZIP_MAGIC)] == _ZIP_MAGIC:
+        # Format 1: a bare torch.save payload. Nothing to verify it against but its contents.
+        return _load_payload(io.BytesIO(data), None, check_finite=True)
+    raise ValueError(
+        "not a gym_prefs reward model file (it begins with neither the gym_prefs header nor a "
+        f"torch payload); if it was one, it is damaged: {_REFIT_HINT}"
+    )
+
+
+def _load_payload(source: io.BytesIO, header_version: int | None, check_finite: bool) -> dict[str, Any]:
+    """Read a ``torch.save`` payload and check its structure (and, with ``check_finite``, its values).
+
+    ``header_version`` is the version its header gave, ``None`` for a header-less format 1 file.
+    """
+    try:
+        payload = torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"not a gym_prefs reward model file ({error})") from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError("not a gym_prefs reward model file (no gym_prefs format header)")
+    version = payload.get("version")
+    if not isinstance(version, int):
+        raise _damaged(f"its format version is {version!r}, not a number")
+    if header_version is None and version > FORMAT_VERSION:
+        raise ValueError(
+            f"this reward model file has format version {version}, newer than this gym_prefs "
+            f"understands ({FORMAT_VERSION}); upgrade gym_prefs"
+        )
+    if version != (LEGACY_FORMAT_VERSION if header_version is None else header_version):
+        header = f"its header {header_version}" if header_version is not None else "it has no header"
+        raise _damaged(f"its contents give format version {version}, but {header}")
+    state, config = payload.get("state"), payload.get("config")
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise _damaged("its configuration or weights are missing")
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise _damaged(f"{name!r} is a {type(tensor).__name__}, not a tensor")
+        if check_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"the reward model's {name} holds NaN or infinite values: the file is damaged, or the "
+                f"fit that made it diverged; {_REFIT_HINT}"
+            )
+    return payload
+
+
+def _create_unique_file(folder: str, name: str) -> tuple[int, str]:
+    """Create and open a new file of a random name next to ``name`` in ``folder``.
+
+    Unlike tempfile.mkstemp (mode 0600) the file gets the mode ``open()`` would give (0666
+    less the umask), so the saved model is as readable as a file written in place.
+    """
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file in {folder} to save {name}; remove its .*.tmp files")
+
+
+def _fsync_folder(folder: str) -> None:
+    """Flush a rename in ``folder`` to the disk (POSIX; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    with contextlib.suppress(OSError):
+        handle = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def _resolve_factory(factory: MemberFactory | str) -> MemberFactory:

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_SEGMENT_STEPS",
     "SEGMENT_SECONDS",
     "Segment",
+    "SegmentPlaces",
     "SegmentPool",
     "TransitionBatch",
     "TransitionRecorder",
@@ -208,6 +209,30 @@ class TransitionRecorder:
         return batch
 
 
+@dataclass(frozen=True)
+class SegmentPlaces:
+    """Where segments lie in a :class:`SegmentPool`, as indices (no data copied).
+
+    Attributes:
+        streams: ``[count]`` the env stream of each segment.
+        positions: ``[count, length]`` ring positions of its steps.
+
+    Example:
+        >>> places = SegmentPlaces(np.array([0, 1]), np.array([[3, 4], [0, 1]]))
+        >>> len(places), len(places[1:])
+        (2, 1)
+    """
+
+    streams: np.ndarray
+    positions: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def __getitem__(self, index: slice | np.ndarray) -> SegmentPlaces:
+        return SegmentPlaces(self.streams[index], self.positions[index])
+
+
 class SegmentPool:
     """The recent steps of every env, from which segments are cut: a bounded ring per env.
 
@@ -298,6 +323,18 @@ class SegmentPool:
         Raises:
             ValueError: if no episode in the pool is ``length`` steps long.
         """
+        return self.cut(self.sample_places(count, length, rng))
+
+    def sample_places(self, count: int, length: int, rng: np.random.Generator) -> SegmentPlaces:
+        """Where ``count`` random segments of ``length`` steps lie, without copying them.
+
+        With large observations a copy of every candidate segment would not fit in memory:
+        query selection draws the places of all candidates first, then cuts them a chunk at a
+        time. ``cut(sample_places(...))`` is :meth:`sample`, random numbers included.
+
+        Raises:
+            ValueError: if no episode in the pool is ``length`` steps long.
+        """
         streams, starts = self._valid_starts(length)
         if len(streams) == 0:
             raise ValueError(
@@ -305,11 +342,14 @@ class SegmentPool:
                 f"no segment can be cut; pass a shorter segment_length to PreferenceCallback"
             )
         pick = rng.integers(0, len(streams), size=count)
-        rows = streams[pick][:, None]
-        cols = (starts[pick][:, None] + np.arange(length)) % self.capacity
+        return SegmentPlaces(streams[pick], (starts[pick][:, None] + np.arange(length)) % self.capacity)
+
+    def cut(self, places: SegmentPlaces) -> dict[str, np.ndarray]:
+        """The segments at ``places``: ``obs``, ``actions``, ``true_rewards`` (and ``clips``)."""
+        rows = places.streams[:, None]
         data = self._ring.data
         names = ["obs", "actions", "true_rewards"] + (["clips"] if self.clip_spec is not None else [])
-        return {name: data[name][cols, rows] for name in names}
+        return {name: data[name][places.positions, rows] for name in names}
 
     def recent(self, count: int) -> dict[str, np.ndarray]:
         """The most recent ``count`` steps in all (split evenly over the envs), flattened."""

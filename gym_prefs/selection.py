@@ -10,20 +10,33 @@ from gym_prefs.segments import SegmentPool
 __all__ = ["SELECTION_METHODS", "pair_disagreement", "select_pairs"]
 
 SELECTION_METHODS = ("disagreement", "random")
+#: Candidate segments held in memory at once during disagreement selection (bytes).
+CANDIDATE_BYTES = 256 * 2**20
 
 
-def pair_disagreement(model: RewardEnsemble, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+def pair_disagreement(
+    model: RewardEnsemble, obs: np.ndarray, actions: np.ndarray, batch_size: int | None = None
+) -> np.ndarray:
     """Variance across members of the predicted preference for each pair.
+
+    The ``pairs x 2 x length`` frames go through the ensemble in batches of
+    ``batch_size`` rows, by default :attr:`RewardEnsemble.inference_batch_rows` (a fixed
+    memory budget, :data:`~gym_prefs.reward_model.INFERENCE_BATCH_BYTES`): with image
+    observations the float inputs and activations of all candidates at once would take
+    gigabytes.
 
     Args:
         model: the reward ensemble.
-        obs: ``[pairs, 2, length, *obs_shape]``.
+        obs: ``[pairs, 2, length, *obs_shape]``, as stored (uint8 images stay uint8 until
+            each batch is converted).
         actions: ``[pairs, 2, length, *action_shape]``.
+        batch_size: rows per forward pass; ``None`` for the model's memory-bounded default.
 
     Returns:
         ``[pairs]`` variance of ``P[first > second]`` over the members.
     """
-    returns = model.predict_members(obs, actions).sum(axis=-1)  # [members, pairs, 2]
+    # Only the [members, pairs, 2, length] float32 rewards are ever held for all candidates.
+    returns = model.predict_members(obs, actions, batch_size=batch_size).sum(axis=-1)  # [members, pairs, 2]
     logits = np.clip(returns[..., 0] - returns[..., 1], -50, 50)
     prob_first = 1.0 / (1.0 + np.exp(-logits))
     return prob_first.var(axis=0)
@@ -53,10 +66,27 @@ def select_pairs(
         raise ValueError(f"count must be positive, got {count}")
     informed = method == "disagreement" and model.is_fitted and model.n_members > 1
     candidates = count * candidates_factor if informed else count
-    segments = pool.sample(2 * candidates, length, rng)
-    pairs = {name: array.reshape(candidates, 2, *array.shape[1:]) for name, array in segments.items()}
-    if not informed:
-        return pairs
-    variance = pair_disagreement(model, pairs["obs"], pairs["actions"])
-    keep = np.argsort(-variance, kind="stable")[:count]
-    return {name: array[keep] for name, array in pairs.items()}
+    places = pool.sample_places(2 * candidates, length, rng)
+    if informed:
+        # Candidates are cut and scored a chunk at a time: with large images a copy of all of
+        # them (ten times the pairs asked for) would not fit in memory.
+        chunk = max(1, CANDIDATE_BYTES // (2 * length * _step_bytes(model)))
+        scores = []
+        for start in range(0, candidates, chunk):
+            segments = pool.cut(places[2 * start : 2 * (start + chunk)])
+            scores.append(pair_disagreement(model, _as_pairs(segments["obs"]), _as_pairs(segments["actions"])))
+        variance = np.concatenate(scores)
+        keep = np.argsort(-variance, kind="stable")[:count]
+        places = places[np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)]
+    return {name: _as_pairs(array) for name, array in pool.cut(places).items()}
+
+
+def _as_pairs(segments: np.ndarray) -> np.ndarray:
+    """Consecutive segments as pairs: ``[2 * pairs, ...]`` to ``[pairs, 2, ...]``."""
+    return segments.reshape(-1, 2, *segments.shape[1:])
+
+
+def _step_bytes(model: RewardEnsemble) -> int:
+    """Bytes of one step's observation and action as the pool stores them."""
+    spaces = (model.observation_space, model.action_space)
+    return sum(int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.float32).itemsize for space in spaces)
