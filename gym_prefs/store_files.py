@@ -71,8 +71,8 @@ SCHEMA_VERSION = 1
 _MAGIC = "gym_prefs.PreferenceStore"
 #: How long a writer waits for another process's transaction before giving up (seconds).
 BUSY_TIMEOUT = 60.0
-#: The first 16 bytes of every SQLite database file.
-_SQLITE_HEADER = b"SQLite format 3\x00"
+#: SQLite's result code for a file that is not a database (its header is not SQLite's).
+_SQLITE_NOTADB = 26
 #: Tables every store has (a store whose meta says it is ours but lacks one is damaged).
 _TABLES = ("meta", "segments", "queries", "answers")
 #: Meta keys every store has.
@@ -145,18 +145,11 @@ def inspect_path(path: Path) -> Literal["absent", "vacant"] | dict[str, str]:
         raise StoreError(f"{path} is not a regular file, so not a preference store; it was left untouched")
     if info.st_size == 0 and _size(_sidecar(path, "-wal")) == 0:
         return "vacant"
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
-    except OSError as error:
-        raise StoreError(
-            f"cannot read {path} ({error}); check that this user may read it. It was left untouched."
-        ) from error
-    if info.st_size > 0 and header != _SQLITE_HEADER:
-        raise StoreError(
-            f"{path} is not a gym_prefs preference store: it holds another format, not an SQLite database. "
-            "It was left untouched; pass another path."
-        )
+    # The file is read through SQLite only: closing any descriptor of a database file drops
+    # every lock that SQLite holds on it in this process (POSIX lock semantics), after which
+    # another process may delete the write-ahead log under this process's live connections.
+    if not os.access(path, os.R_OK):
+        raise StoreError(f"cannot read {path}; check that this user may read it. It was left untouched.")
     try:
         connection = connect_readonly(path)
     except sqlite3.Error as error:
@@ -243,8 +236,13 @@ def damaged_message(path: Path, problem: object) -> str:
 
 
 def unreadable_message(path: Path, error: sqlite3.Error) -> str:
-    """The message for an SQLite file whose reading failed with ``error``."""
+    """The message for a file whose reading through SQLite failed with ``error``."""
     text = str(error)
+    if getattr(error, "sqlite_errorcode", None) == _SQLITE_NOTADB or "file is not a database" in text:
+        return (
+            f"{path} is not a gym_prefs preference store: it holds another format, not an SQLite database. "
+            "It was left untouched; pass another path."
+        )
     if isinstance(error, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
         return (
             f"{path} is locked by another program ({text}); it was left untouched. "
