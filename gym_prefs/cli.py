@@ -109,7 +109,12 @@ def _build_parser() -> argparse.ArgumentParser:
     load.add_argument("export", type=Path, help="the .npz file written by 'gym-prefs export'")
     load.add_argument("store", type=Path, help="the preference store (.db) to create or extend")
 
-    info = commands.add_parser("info", help="show what a store holds", description="Show what a store holds.")
+    info = commands.add_parser(
+        "info",
+        help="show what a store holds and check it for damage",
+        description="Show what a store holds and check the whole file for damage (an `integrity:` line; "
+        "exit status 1 if it is damaged, 2 if it is not a readable store).",
+    )
     info.add_argument("store", type=Path, help="the preference store (.db)")
 
     evaluate = commands.add_parser(
@@ -146,6 +151,15 @@ def _build_parser() -> argparse.ArgumentParser:
     label.add_argument("--labeler", default="human", help="your name, stored with every answer")
     label.add_argument("--render-size", type=int, default=200, help="pixels of frames rendered from MuJoCo states")
     label.add_argument("--exit-when-done", action="store_true", help="close once nothing is pending")
+    label.add_argument(
+        "--exit-with",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="close once process PID has ended, even if it was killed (checked every 0.5 s); "
+        "PygameLabeler passes the training process, so that no window outlives it. Every answer "
+        "given is already stored",
+    )
     return parser
 
 
@@ -349,22 +363,43 @@ def _plot(args: argparse.Namespace) -> int:
 def _label(args: argparse.Namespace) -> int:
     from gym_prefs.viewer import Viewer
 
-    viewer = Viewer(args.store, args.instruction, args.labeler, args.render_size, args.exit_when_done)
+    viewer = Viewer(
+        args.store, args.instruction, args.labeler, args.render_size, args.exit_when_done, exit_with=args.exit_with
+    )
     viewer.run()
     print(f"gym-prefs label: {viewer.answers_given} answers stored in {args.store}")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from gym_prefs.store_files import damaged_message
+
     with _open_store(args.store) as store:
-        counts = store.counts()
         print(
             f"{store.path}: env {store.env_id or 'unknown'}, segments of {store.segment_length} steps\n"
-            f"  observations {store.observation_space}\n  actions {store.action_space}\n"
-            f"  {len(store)} labels; {counts['queries']} queries: {counts['answered']} answered, "
-            f"{counts['skipped']} can't tell, {counts['pending']} pending"
+            f"  observations {store.observation_space}\n  actions {store.action_space}"
         )
-    return 0
+        # The integrity check reads every page; the counts may fail on a damaged store, and
+        # then the check says why.
+        problems = store.check()
+        try:
+            counts = store.counts()
+            print(
+                f"  {len(store)} labels; {counts['queries']} queries: {counts['answered']} answered, "
+                f"{counts['skipped']} can't tell, {counts['pending']} pending"
+            )
+        except sqlite3.DatabaseError as error:
+            problems = problems or [str(error)]
+        if not problems:
+            print("  integrity: ok")
+            return 0
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+        print("  integrity: damaged\n" + "\n".join(f"    {problem}" for problem in shown))
+        found = problems[0] if len(problems) == 1 else f"{len(problems)} problems, the first: {problems[0]}"
+        print(f"gym-prefs: {damaged_message(store.path, found)}", file=sys.stderr)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

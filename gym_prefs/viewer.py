@@ -7,6 +7,11 @@ training process picks the answers up from the store) or on its own, afterwards.
 
 Keys: ``←`` left is better, ``→`` right is better, ``↑`` equally good, ``↓`` can't tell;
 ``space`` pause, ``r`` replay from the start, ``-``/``+`` slower/faster, ``esc`` close.
+
+A pair is answered only once it has been on screen: after an answer, further answer keys are
+ignored until the next pair has been drawn (two keys pressed at once answer one pair, not also
+the next one, which nobody saw). Opened by a training process (``exit_with``), the window
+closes by itself when that process ends, even when it was killed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from gym_prefs.sources.base import Answer, Label
 from gym_prefs.sources.pygame_labeler import require_pygame
 from gym_prefs.store import PreferenceStore, StoreError
 
-__all__ = ["KEY_LABELS", "Viewer", "main"]
+__all__ = ["KEY_LABELS", "Viewer", "main", "process_alive"]
 
 CLIP_BOX = 360  # each clip is scaled to fit a square of this many pixels
 MARGIN = 20
@@ -35,6 +40,8 @@ HEADER = 64
 FOOTER = 56
 WINDOW = (2 * CLIP_BOX + 3 * MARGIN, HEADER + CLIP_BOX + 28 + FOOTER)
 SPEEDS = (0.25, 0.5, 1.0)
+#: Seconds between checks that the process named by ``exit_with`` still lives.
+EXIT_WITH_CHECK = 0.5
 PREFETCH = 3  # pairs rendered ahead
 BACKGROUND = (24, 26, 30)
 TEXT = (230, 230, 230)
@@ -42,6 +49,41 @@ DIM = (150, 150, 160)
 
 #: The paper's keys.
 KEY_LABELS: dict[str, Label] = {"left": "first", "right": "second", "up": "equal", "down": "skip"}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie, killed but not yet reaped, is not).
+
+    Args:
+        pid: the process id.
+
+    Returns:
+        ``False`` once the process has ended.
+    """
+    if sys.platform == "win32":  # pragma: no cover - Windows only
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return False
+        try:
+            return bool(kernel32.WaitForSingleObject(handle, 0) == 0x102)  # WAIT_TIMEOUT: still running
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    # A killed process stays in the process table until its parent reaps it.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): os.kill found it
+    return state not in (b"Z", b"X")
 
 
 @dataclass
@@ -60,6 +102,9 @@ class Viewer:
         labeler: name recorded with every answer.
         render_size: side in pixels of frames rendered from MuJoCo states.
         exit_when_done: close once no query is pending (for labelling a store afterwards).
+        exit_with: close once the process with this id has ended (checked every
+            :data:`EXIT_WITH_CHECK` seconds): the training that opened the window, so that a
+            killed training leaves no window behind. Every answer is already stored.
 
     Example:
         Open it on a run's store from another terminal (or let
@@ -75,6 +120,7 @@ class Viewer:
         labeler: str = "human",
         render_size: int = 200,
         exit_when_done: bool = False,
+        exit_with: int | None = None,
     ) -> None:
         require_pygame()
         import pygame
@@ -93,6 +139,11 @@ class Viewer:
         self.instruction = instruction or self.store.get_meta("instruction") or ""
         self.labeler = labeler
         self.exit_when_done = exit_when_done
+        self.exit_with = exit_with
+        # The process that opened the window is usually its parent: once that dies, the window
+        # is handed to another parent, which also works where os.kill sees zombies (macOS).
+        self._exit_with_is_parent = exit_with is not None and exit_with == os.getppid()
+        self._next_exit_check = time.monotonic()
         budget = self.store.get_meta("total_labels")
         self.budget = int(budget) if budget else None
 
@@ -104,7 +155,9 @@ class Viewer:
         self.clock = pygame.time.Clock()
 
         self.current: _Pair | None = None
-        self.shown_at = 0.0  # when the current pair first appeared
+        #: Whether the current pair has been drawn on screen (only then can it be answered).
+        self.on_screen = False
+        self.shown_at = 0.0  # when the current pair first appeared on screen
         self.playhead = 0.0  # position in the clip, in frames
         self.paused = False
         self.speed_index = len(SPEEDS) - 1
@@ -158,13 +211,18 @@ class Viewer:
             self.current = None
             return
         self.playhead = 0.0
-        self.shown_at = time.perf_counter()
+        self.on_screen = False
 
     # ------------------------------------------------------------------ answering
     def answer(self, label: Label) -> None:
-        """Commit ``label`` for the pair on screen, then show the next pair."""
-        if self.current is None:
+        """Commit ``label`` for the pair on screen, then take the next pair.
+
+        Ignored while no pair is on screen, or the pair has not been drawn yet: a second key
+        pressed in the same frame must not answer a pair nobody saw.
+        """
+        if self.current is None or not self.on_screen:
             return
+        # From the pair's first frame on screen: the time the person had to look at it.
         seconds = time.perf_counter() - self.shown_at
         # Committed to the store before anything else: the person's answer is never lost.
         self.store.record_answers([Answer(self.current.query_id, label, self.labeler, seconds)])
@@ -262,14 +320,22 @@ class Viewer:
         pg.display.flip()
         now = time.perf_counter()
         self.frame_times.append(now)
+        if self.current is not None and not self.on_screen:
+            self.on_screen = True
+            self.shown_at = now
         if self._answered_at is not None and self.current is not None:
             self.latencies.append(now - self._answered_at)
             self._answered_at = None
 
     # ------------------------------------------------------------------ loop
     def step(self) -> None:
-        """Handle pending events, advance the clips and draw one frame."""
+        """Wait for the next frame, handle pending events, advance the clips and draw one frame."""
         pg = self.pygame
+        # Waiting before the events, not between them and drawing: the pair that follows an
+        # answer is drawn at once, so keys pressed during the wait were pressed while it showed.
+        elapsed = self.clock.tick(self.renderer.display_fps * SPEEDS[self.speed_index] if not self.paused else 30)
+        if self.current is not None and not self.paused:
+            self.playhead += elapsed / 1000.0 * self.renderer.display_fps * SPEEDS[self.speed_index]
         for event in pg.event.get():
             if event.type == pg.QUIT:
                 self.open = False
@@ -277,12 +343,25 @@ class Viewer:
                 self.handle_key(event.key)
         if self.current is None:
             self._next_pair()
-        elapsed = self.clock.tick(self.renderer.display_fps * SPEEDS[self.speed_index] if not self.paused else 30)
-        if self.current is not None and not self.paused:
-            self.playhead += elapsed / 1000.0 * self.renderer.display_fps * SPEEDS[self.speed_index]
         self.draw()
         if self.exit_when_done and self.current is None and self.store.counts()["pending"] == 0:
             self.open = False
+        if self.exit_with is not None and time.monotonic() >= self._next_exit_check:
+            self._next_exit_check = time.monotonic() + EXIT_WITH_CHECK
+            if not self._exit_with_alive():
+                print(
+                    f"gym-prefs label: process {self.exit_with} (--exit-with) has ended, so the window closes. "
+                    f"Every answer given is stored; `gym-prefs label {self.store.path}` labels on.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                self.open = False
+
+    def _exit_with_alive(self) -> bool:
+        assert self.exit_with is not None
+        if self._exit_with_is_parent and os.getppid() != self.exit_with:
+            return False
+        return process_alive(self.exit_with)
 
     def run(self) -> None:
         """Show pairs until the window is closed (every answer given is already stored)."""
@@ -297,6 +376,7 @@ class Viewer:
         self.pygame.image.save(self.screen, str(path))
 
     def close(self) -> None:
+        """Stop rendering pairs ahead, close the store and the window (answers are all stored)."""
         self._stop.set()
         self._loader.join(timeout=5)
         self.renderer.close()

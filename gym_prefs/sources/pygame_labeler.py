@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,32 @@ def require_pygame() -> None:
             "a person labels in a pygame window, and pygame is not installed: pip install 'gym-prefs[human]'"
         )
 
+
 ON_CLOSE = ("continue", "pause")
+#: Seconds a viewer is given to end after SIGTERM before it is killed.
+TERMINATE_WAIT = 2.0
+
+
+def _end_process(process: subprocess.Popen[bytes], wait: float = TERMINATE_WAIT) -> None:
+    """Terminate ``process``, kill it if it is still there after ``wait`` seconds, and reap it."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _how_it_ended(returncode: int) -> str:
+    """``"killed by SIGKILL"`` or ``"exit code 3"``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 class PygameLabeler:
@@ -38,6 +66,8 @@ class PygameLabeler:
         instruction: what to teach, shown in the window (e.g. "make the hopper do a backflip").
         on_close: when the window is closed, ``"continue"`` training on the labels given so
             far, or ``"pause"`` until answers come in again (from ``gym-prefs label STORE``).
+            A window that ended otherwise (killed, crashed) is reported once on stderr and
+            then counts as closed. A window that has ended is never reopened by later queries.
         labeler: name stored with every answer.
         open_window: open the viewer when the first queries arrive; ``False`` to label from
             another terminal (or machine sharing the disk) with ``gym-prefs label STORE``.
@@ -77,12 +107,22 @@ class PygameLabeler:
         self._store: Any = None
         self._waiting: set[int] = set()
         self._viewer: subprocess.Popen[bytes] | None = None
-        self._closed_by_person = False
+        # Ends the viewer when this labeler is collected or the training process exits.
+        self._end_viewer: weakref.finalize | None = None
+        self._window_ended = False
 
     def attach(self, store: Any, total_labels: int) -> None:
-        """Called by the callback: the store to read answers from (and to show the viewer)."""
+        """Called by the callback at ``learn``: the store to read answers from (and to show the viewer).
+
+        After :meth:`close`, attaching again makes the labeler usable again: the next queries
+        open a new window.
+        """
         from gym_prefs.store import PreferenceStore
 
+        if self._store is not None:
+            if Path(self._store.path) != Path(store.path):
+                self._stop_viewer()  # it shows another store
+            self._store.close()
         store.set_meta("instruction", self.instruction)
         store.set_meta("total_labels", str(total_labels))
         self._store = PreferenceStore(store.path, readonly=True)
@@ -92,11 +132,12 @@ class PygameLabeler:
         return None if self._store is None else Path(self._store.path)
 
     def _open_viewer(self) -> None:
-        if not self.open_window or self._closed_by_person or self._store is None:
+        # Opened once per attach: a window that ended (closed by the person, killed, crashed)
+        # stays closed, whatever is asked later.
+        if not self.open_window or self._viewer is not None or self._store is None:
             return
-        if self._viewer is not None and self._viewer.poll() is None:
-            return
-        # Its own program: nothing re-imports the user's training script.
+        # Its own program: nothing re-imports the user's training script. It closes by itself
+        # when this process ends, even when killed (--exit-with), so no window outlives training.
         self._viewer = subprocess.Popen(
             [
                 sys.executable,
@@ -109,23 +150,49 @@ class PygameLabeler:
                 self.labeler,
                 "--render-size",
                 str(self.render_size),
+                "--exit-with",
+                str(os.getpid()),
             ]
         )
+        self._end_viewer = weakref.finalize(self, _end_process, self._viewer)
+
+    def _check_viewer(self) -> None:
+        """Note once that the viewer has ended, and report it on stderr when it did not exit cleanly."""
+        if self._window_ended or self._viewer is None or self._viewer.poll() is None:
+            return
+        self._window_ended = True
+        code = self._viewer.returncode
+        if code != 0:
+            store = self._store.path if self._store is not None else "STORE"
+            then = (
+                "training continues on the labels given so far"
+                if self.on_close == "continue"
+                else "training waits for answers"
+            )
+            print(
+                f"gym_prefs: the labelling window ended unexpectedly ({_how_it_ended(code)}); every answer "
+                f"given is in the store and {then}. Run `gym-prefs label {store}` to open it again.",
+                file=sys.stderr,
+                flush=True,
+            )
 
     @property
     def window_closed(self) -> bool:
-        """Whether the person closed the window (the viewer process has ended)."""
-        if self._viewer is not None and self._viewer.poll() is not None:
-            self._closed_by_person = True
-        return self._closed_by_person
+        """Whether the window has ended: closed by the person (Esc), or killed or crashed."""
+        self._check_viewer()
+        return self._window_ended
 
     def request(self, queries: Sequence[Query]) -> None:
         self._waiting.update(query.id for query in queries)
+        self._check_viewer()
         self._open_viewer()
 
     def poll(self, timeout: float | None = 0.0) -> list[Answer]:
         if self._store is None:
             return []
+        if self._waiting:
+            # After close() and a new attach, queries asked earlier still wait for a window.
+            self._open_viewer()
         deadline = None if timeout is None else time.monotonic() + timeout
         pause_noted = False
         while True:
@@ -155,13 +222,22 @@ class PygameLabeler:
             return 0
         return len(self._waiting)
 
+    def _stop_viewer(self) -> None:
+        """End the viewer (terminate, then kill), and forget it: the next queries may open one."""
+        if self._end_viewer is not None:
+            self._end_viewer()  # runs at most once; also detaches it from exit
+        self._end_viewer = None
+        self._viewer = None
+        self._window_ended = False
+
     def close(self) -> None:
-        """Close the window (every answer given is already in the store)."""
-        if self._viewer is not None and self._viewer.poll() is None:
-            self._viewer.terminate()
-            try:
-                self._viewer.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._viewer.kill()
+        """Close the window and the store (every answer given is already in the store).
+
+        The viewer is terminated, and killed if it has not ended after :data:`TERMINATE_WAIT`
+        seconds. Queries still waiting stay so: after :meth:`attach` (the callback's next
+        ``learn``), their answers are read again and a new window opens.
+        """
+        self._stop_viewer()
         if self._store is not None:
             self._store.close()
+            self._store = None
