@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import time
 import weakref
 from collections import deque
@@ -25,13 +26,13 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from gym_prefs.clips import ClipInfo
 from gym_prefs.comparisons import Comparisons
-from gym_prefs.fit_worker import FitWorker
+from gym_prefs.fit_worker import FitWorker, FitWorkerError
 from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.reward_model import CUSTOM_CALLABLE, RewardEnsemble
 from gym_prefs.schedules import LabelSchedule
 from gym_prefs.segments import ClipSpec, Segment, SegmentPool, TransitionBatch, segment_steps, steps_for_bytes
 from gym_prefs.selection import SELECTION_METHODS, select_pairs
-from gym_prefs.sources import PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
+from gym_prefs.sources import LABELS, PREFERENCE_OF, Answer, PreferenceSource, Query, make_source
 from gym_prefs.spaces import shape_of
 from gym_prefs.store import PreferenceStore
 from gym_prefs.wrappers import LearnedReward, VecLearnedReward, check_model_spaces
@@ -44,6 +45,8 @@ DEFAULT_SEGMENT_LENGTH = 25
 FITTING_MODES = ("process", "thread", "inline")
 #: Recent steps on which ``reward_model/true_reward_corr`` is measured after each fit.
 CORRELATION_STEPS = 2_048
+#: New fitting processes started in one run after the one before died or stalled.
+MAX_FIT_WORKER_RESTARTS = 2
 
 
 class _InProcessFitter:
@@ -126,7 +129,13 @@ class _RewardWrappers:
         """Have every wrapper record clip data for a person's viewer too."""
         if self.vec_wrapper is not None:
             return self.vec_wrapper.enable_clips()
-        return self.venv.env_method("enable_clips")[0]
+        # An exception inside a SubprocVecEnv worker would end it with a bare EOFError here.
+        outcomes = self.venv.env_method("try_enable_clips")
+        problems = [outcome for outcome in outcomes if isinstance(outcome, str)]
+        if problems:
+            raise ValueError(problems[0])
+        info: ClipInfo = outcomes[0]
+        return info
 
     def drain(self) -> list[tuple[int, TransitionBatch]]:
         """New steps of every env, as ``(first env index, batch)`` pieces."""
@@ -189,8 +198,10 @@ class PreferenceCallback(BaseCallback):
             answer is committed to. ``None`` puts ``preferences.db`` beside SB3's logs when
             they go to a folder, else under ``runs/ENV-TIME/``; the path is printed. A run
             started on a store with labels continues: it keeps every label, asks only what the
-            budget has left, re-asks pending queries and refits before RL resumes. The reward
-            model is saved beside the store (``*.reward_model.pt``) after every refit.
+            budget has left, re-asks pending queries and refits before RL resumes. One training
+            run at a time: a store that another live run is using is refused with
+            :class:`~gym_prefs.StoreBusyError`. The reward model is saved beside the store
+            (``*.reward_model.pt``) after every refit.
         pool_size: most recent steps (over all envs) that segments are cut from.
         pool_bytes: memory cap of that pool; image observations get fewer steps.
         max_comparisons: fit on the newest this many labels only (``None``: all; the
@@ -205,6 +216,10 @@ class PreferenceCallback(BaseCallback):
             at one update is always applied at the next, so seeded runs are reproducible and
             all three modes give the same models; the agent's reward lags the newest labels by
             one update.
+        initial_label_timeout: seconds to wait for the labels asked before RL starts before
+            giving up with ``TimeoutError`` (every answer so far stays in the store, and a
+            restart goes on from there); ``None`` waits as long as it takes (a person may take
+            a while), saying every minute what it waits for.
         seed: seed for segment sampling, bootstrap samples and the oracle.
         verbose: 0 silent, 1 a line per fit.
 
@@ -246,6 +261,7 @@ class PreferenceCallback(BaseCallback):
         initial_steps: int | None = None,
         relabel_replay_buffer: bool = True,
         fitting: str = "process",
+        initial_label_timeout: float | None = None,
         seed: int | None = None,
         verbose: int = 0,
     ) -> None:
@@ -256,6 +272,8 @@ class PreferenceCallback(BaseCallback):
             raise ValueError(f"segment_length must be positive, got {segment_length}")
         if refit_interval is not None and refit_interval < 1:
             raise ValueError(f"refit_interval must be positive, got {refit_interval}")
+        if initial_label_timeout is not None and not initial_label_timeout > 0:
+            raise ValueError(f"initial_label_timeout must be positive or None, got {initial_label_timeout}")
         # Fail on a bad schedule now rather than when learn() starts.
         LabelSchedule(total_labels, 1, initial_label_fraction, schedule, schedule_scale)
         self.source = make_source(source, seed=seed)
@@ -282,6 +300,7 @@ class PreferenceCallback(BaseCallback):
         if fitting not in FITTING_MODES:
             raise ValueError(f"fitting must be one of {FITTING_MODES}, got {fitting!r}")
         self.fitting = fitting
+        self.initial_label_timeout = initial_label_timeout
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
@@ -294,6 +313,8 @@ class PreferenceCallback(BaseCallback):
         self._fitting_now = False
         self._fitter: FitWorker | _InProcessFitter | None = None
         self._worker: FitWorker | None = None
+        self._worker_restarts = 0
+        self._fit_epochs = 0
         self._skipped = 0
         self._ep_true: deque[float] = deque(maxlen=100)
         self._ep_learned: deque[float] = deque(maxlen=100)
@@ -332,10 +353,8 @@ class PreferenceCallback(BaseCallback):
             self.comparisons = Comparisons(obs_space, act_space, self.segment_length, self.max_comparisons)
             self._open_store(venv, obs_space, act_space)
             self._make_fitters(self._reward_model)
-            first_time = True
         else:
             check_model_spaces(self._reward_model, obs_space, act_space)
-            first_time = False
         self._wrappers.push(self._reward_model)
         if getattr(self, "_pool_env", None) is not venv:
             clip_spec = self._enable_clips()
@@ -343,8 +362,11 @@ class PreferenceCallback(BaseCallback):
             capacity = min(self.pool_size, steps_for_bytes(obs_space, act_space, self.pool_bytes, clip_spec))
             self.pool = SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs), clip_spec)
             self._pool_env = venv
-        if first_time:
-            self._ask_pending_again()
+        attach = getattr(self.source, "attach", None)
+        if callable(attach):
+            attach(self.store, self.total_labels)
+        # Also at a later learn(): the source was closed when the previous one ended.
+        self._ask_pending_again()
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             self._check_replay_buffer(self.model)
 
@@ -359,6 +381,13 @@ class PreferenceCallback(BaseCallback):
         else:
             path = Path(spec) if spec is not None else self._default_store_path(env_id)
             store = PreferenceStore(path, obs_space, act_space, self.segment_length, env_id=env_id)
+        try:
+            # One training run per store: a second one would spend the label budget again.
+            store.lock_for_run()
+        except Exception:
+            if store is not spec:
+                store.close()
+            raise
         self.store = store
         counts = store.counts()
         print(
@@ -369,32 +398,46 @@ class PreferenceCallback(BaseCallback):
                 else ""
             )
         )
-        self.num_queries = counts["queries"]
         self._skipped = counts["skipped"]
         if len(store):
             pairs = store.labelled_pairs(last=self.max_comparisons)
             self.comparisons.add(pairs.obs, pairs.actions, pairs.mu, pairs.query_ids)
 
     def _enable_clips(self) -> ClipSpec | None:
-        """Record what a person sees, when the source is a person (and hand it the store)."""
+        """Record what a person sees, when the source is a person."""
         assert self.store is not None
         clip_spec = None
         if getattr(self.source, "needs_clips", False):
             info = self._wrappers.enable_clips()
             self.store.set_meta("clips", info.to_json())
             clip_spec = info.spec
-        attach = getattr(self.source, "attach", None)
-        if callable(attach):
-            attach(self.store, self.total_labels)
         return clip_spec
 
     def _ask_pending_again(self) -> None:
+        """Ask the source again what the store holds as pending (asked, never answered).
+
+        Such queries were asked before a restart, or at an earlier ``learn()`` whose end closed
+        the source; they count once against the budget. A source that shows clips to a person
+        cannot answer queries stored without clips (asked of an oracle, say): those stay
+        pending in the store, are neither waited for nor counted against the person's budget,
+        and the run says so.
+        """
         assert self.store is not None
         pending = self.store.pending_queries()
+        unanswerable = 0
+        if getattr(self.source, "needs_clips", False):
+            showable = [query for query in pending if self.store.clips(query.id) is not None]
+            unanswerable = len(pending) - len(showable)
+            if unanswerable:
+                print(
+                    f"gym_prefs: {unanswerable} pending queries in {self.store.path} were stored without clips "
+                    "(asked of another kind of labeler) and cannot be shown to a person; they stay pending there, "
+                    "are not waited for and do not count against the label budget."
+                )
+            pending = showable
+        self.num_queries = self.store.counts()["queries"] - unanswerable
+        self._pending_queries = {query.id: _pair_of(query) for query in pending}
         if pending:
-            # Asked before the last run stopped and never answered: ask again (not counted twice).
-            for query in pending:
-                self._pending_queries[query.id] = _pair_of(query)
             self.source.request(pending)
 
     def _default_store_path(self, env_id: str | None) -> Path:
@@ -421,18 +464,56 @@ class PreferenceCallback(BaseCallback):
         In ``"process"`` mode the worker process starts now and imports torch while the first
         fit (which RL waits for anyway) runs here; the worker then continues from this trainer.
         """
-        trainer_kwargs: dict[str, Any] = {"lr": self.learning_rate, "batch_size": self.batch_size, "seed": self.seed}
-        trainer = RewardTrainer(model.clone(), **trainer_kwargs)
+        trainer = RewardTrainer(model.clone(), **self._trainer_kwargs())
         self._fitter = _InProcessFitter(trainer, background=self.fitting == "thread")
+        self._fitters_to_close: list[FitWorker | _InProcessFitter | None] = [self._fitter]
         # A member factory without an import path cannot be rebuilt in another process.
         if self.fitting == "process" and model.factory_path != CUSTOM_CALLABLE:
             with self._timed("fitting_startup"):
                 self._worker = FitWorker()
-        weakref.finalize(self, _close_all, [self._fitter, self._worker])
+            self._fitters_to_close.append(self._worker)
+        # The list, not its items: a worker started later to replace a dead one is closed too.
+        weakref.finalize(self, _close_all, self._fitters_to_close)
+
+    def _trainer_kwargs(self) -> dict[str, Any]:
+        return {"lr": self.learning_rate, "batch_size": self.batch_size, "seed": self.seed}
+
+    def _replace_dead_worker(self, error: FitWorkerError) -> FitWorker:
+        """Start a new fitting process after ``error`` (the old one died or stalled), or give up.
+
+        The new worker continues from the model applied last (the dead one's optimiser state is
+        lost, so a seeded run is no longer bit-for-bit reproducible from here). After
+        :data:`MAX_FIT_WORKER_RESTARTS` replacements the error is raised: a worker killed again
+        and again is usually the out-of-memory killer, which a new process will not escape.
+        """
+        assert self._worker is not None and self.segment_length is not None
+        self._worker.close()
+        self._worker_restarts += 1
+        if self._worker_restarts > MAX_FIT_WORKER_RESTARTS:
+            raise FitWorkerError(
+                f"{error}\nThe fitting process was replaced {MAX_FIT_WORKER_RESTARTS} times already; giving up. "
+                f"Every label is in {self.store.path if self.store else 'the store'}: start the run again on it."
+            ) from error
+        print(
+            f"gym_prefs: {error}\ngym_prefs: starting a new fitting process "
+            f"({self._worker_restarts} of at most {MAX_FIT_WORKER_RESTARTS}); it refits on every label.",
+            file=sys.stderr,
+        )
+        with self._timed("fitting_startup"):
+            worker = FitWorker()
+            worker.load(
+                RewardTrainer(self.reward_model.clone(), **self._trainer_kwargs()),
+                self.segment_length,
+                self.max_comparisons,
+            )
+        self._worker = worker
+        self._fitters_to_close.append(worker)
+        return worker
 
     def close(self) -> None:
         """Stop the fitting process or thread and close the store (also done at garbage collection)."""
         _close_all([self._fitter, self._worker])
+        self.source.close()
         if self.store is not None and self._store_spec is not self.store:
             self.store.close()
 
@@ -473,13 +554,17 @@ class PreferenceCallback(BaseCallback):
         )
         self._interval = self.refit_interval or max(1, horizon // 50)
         self._next_update = self.num_timesteps + self._interval
+        if self.total_labels == 0 and self.num_queries == 0 and not self.reward_model.is_fitted:
+            raise ValueError(
+                "total_labels=0 and the store holds no labels, so there is nothing to learn a reward from. "
+                "Give a label budget (e.g. total_labels=700), a store with labels, or a fitted reward_model."
+            )
         if self.num_queries < self._schedule.initial:
             self._initial_phase(self._schedule.initial - self.num_queries)
         elif self.num_fits == 0 and (self._pending_queries or len(self.comparisons)):
-            # Resuming on a store: collect what is pending, then refit on every stored label
-            # before RL goes on.
-            while self._pending_queries and self.source.pending:
-                self._collect(timeout=1.0)
+            # Resuming on a store: collect what the initial share still lacks, then refit on
+            # every stored label before RL goes on. Later queries are collected during RL.
+            self._wait_for_initial_answers()
             self._start_fit(self.initial_fit_epochs)
             self._finish_fit()
 
@@ -500,12 +585,47 @@ class PreferenceCallback(BaseCallback):
                 self._drain()
                 ran *= 2
         self._ask(count, required=True)
-        if self.verbose or getattr(self.source, "needs_clips", False):
-            print(f"gym_prefs: waiting for {self.source.pending} initial labels before RL starts")
-        while self._pending_queries and self.source.pending:
-            self._collect(timeout=1.0)
+        self._wait_for_initial_answers()
         self._start_fit(self.initial_fit_epochs)
         self._finish_fit()
+
+    def _wait_for_initial_answers(self) -> None:
+        """Collect answers until the initial share of the budget is answered (or skipped).
+
+        Only this share is waited for. The wait ends early when the source says nothing is
+        pending any more (a person closed the window with ``on_close="continue"``), and after
+        ``initial_label_timeout`` seconds with a ``TimeoutError``; meanwhile it says every
+        minute what it waits for, so that a run is never silently stuck before RL.
+        """
+        if self._initial_answers_missing() > 0:
+            self._collect(timeout=0.0)  # a synthetic source has answered already: nothing to say
+        missing = self._initial_answers_missing()
+        if missing <= 0 or not self.source.pending:
+            return
+        name = _source_name(self.source)
+        print(f"gym_prefs: waiting for {missing} answers from {name!r} before RL starts")
+        started = time.monotonic()
+        next_note = started + 60.0
+        while missing > 0 and self.source.pending:
+            self._collect(timeout=1.0)
+            missing = self._initial_answers_missing()
+            waited = time.monotonic() - started
+            if missing > 0 and self.initial_label_timeout is not None and waited >= self.initial_label_timeout:
+                assert self.store is not None
+                raise TimeoutError(
+                    f"gym_prefs: {missing} of the queries asked of {name!r} before RL starts got no answer in "
+                    f"{self.initial_label_timeout:g} s. Every answer so far is in {self.store.path}; start the run "
+                    "again on that store to go on, or pass initial_label_timeout=None to wait as long as it takes."
+                )
+            if time.monotonic() >= next_note:
+                print(f"gym_prefs: still waiting for {missing} answers from {name!r} ({waited / 60:.0f} min so far)")
+                next_note += 60.0
+
+    def _initial_answers_missing(self) -> int:
+        """Answers the initial share still lacks (counted in the store), at most those pending."""
+        assert self._schedule is not None and self.store is not None
+        counts = self.store.counts()
+        return min(len(self._pending_queries), self._schedule.initial - counts["answered"] - counts["skipped"])
 
     def _run_current_policy(self, steps: int) -> None:
         """Step the training env with the current policy, outside of RL (nothing is learned)."""
@@ -559,6 +679,9 @@ class PreferenceCallback(BaseCallback):
         # What happened since SB3's last log dump would otherwise never reach the logs.
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
         self.logger.dump(self.num_timesteps)
+        # Nobody should go on answering for a run that has ended (a person's window closes;
+        # every answer given is in the store). A later learn() asks the source again.
+        self.source.close()
 
     def _update(self) -> None:
         """Ask for the labels now due, collect answers, apply the last fit, start the next."""
@@ -630,14 +753,48 @@ class PreferenceCallback(BaseCallback):
         if not answers:
             return
         assert self.store is not None
-        with self._timed("store"):
-            # Committed to disk before anything else happens with them, and only then
-            # acknowledged to the source.
-            committed = [answer.query_id for answer in answers]
-            answers = self.store.record_answers(answers)
-        acknowledge = getattr(self.source, "acknowledge", None)
-        if callable(acknowledge):
-            acknowledge(committed)
+        answers, problems = self._checked(answers)
+        if answers:
+            with self._timed("store"):
+                # Committed to disk before anything else happens with them, and only then
+                # acknowledged to the source.
+                committed = [answer.query_id for answer in answers]
+                answers = self.store.record_answers(answers)
+            acknowledge = getattr(self.source, "acknowledge", None)
+            if callable(acknowledge):
+                acknowledge(committed)
+            self._use(answers)
+        if problems:
+            # The valid answers of the batch are committed above: a faulty one loses nothing else.
+            raise ValueError(
+                f"the preference source {_source_name(self.source)!r} returned answers that cannot be used "
+                f"({len(problems)}): " + "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else "") + ". "
+                "Answers must be gym_prefs.Answer(query_id, label) for ids of the queries it was given, with a "
+                f"label in {LABELS}. The valid answers of that batch were stored."
+            )
+
+    def _checked(self, answers: list[Any]) -> tuple[list[Answer], list[str]]:
+        """Split what a source returned into valid answers and descriptions of the others."""
+        assert self.store is not None
+        valid: list[Answer] = []
+        problems: list[str] = []
+        for item in answers:
+            try:
+                # Built anew, so that anything answer-shaped is validated (and its id made an int).
+                answer = Answer(
+                    item.query_id, item.label, getattr(item, "labeler", "unknown"), getattr(item, "seconds", 0.0)
+                )
+            except (AttributeError, TypeError, ValueError) as error:
+                problems.append(f"{item!r} ({error})")
+                continue
+            if answer.query_id not in self._pending_queries and not self.store.answers_for([answer.query_id]):
+                problems.append(f"{answer!r} (no query with id {answer.query_id} is waiting for an answer)")
+                continue
+            valid.append(answer)
+        return valid, problems
+
+    def _use(self, answers: list[Answer]) -> None:
+        """Add the stored answers to this run's comparisons (the first answer of a query stands)."""
         usable = []
         for answer in answers:
             pair = self._pending_queries.pop(answer.query_id, None)
@@ -664,11 +821,19 @@ class PreferenceCallback(BaseCallback):
         if isinstance(self._fitter, _InProcessFitter) and self._worker is not None and self.num_fits > 0:
             assert self.segment_length is not None
             with self._timed("fitting_handover"):
-                self._worker.load(self._fitter.trainer, self.segment_length, self.max_comparisons)
+                try:
+                    self._worker.load(self._fitter.trainer, self.segment_length, self.max_comparisons)
+                except FitWorkerError as error:  # died while it started: a new one continues instead
+                    self._replace_dead_worker(error)
             self._fitter = self._worker
         self._ids_in_fit = self.comparisons.next_id
+        self._fit_epochs = epochs
         with self._timed("fitting_handover"):
-            self._fitter.start(self.comparisons, epochs)
+            try:
+                self._fitter.start(self.comparisons, epochs)
+            except FitWorkerError as error:
+                self._fitter = self._replace_dead_worker(error)
+                self._fitter.start(self.comparisons, epochs)
         self._fitting_now = True
 
     def _finish_fit(self) -> None:
@@ -677,7 +842,13 @@ class PreferenceCallback(BaseCallback):
             return
         assert self._fitter is not None
         with self._timed("waiting_for_fit"):
-            state, report = self._fitter.result()
+            while True:
+                try:
+                    state, report = self._fitter.result()
+                    break
+                except FitWorkerError as error:  # noticed within a second (a stall: within a minute)
+                    self._fitter = self._replace_dead_worker(error)
+                    self._fitter.start(self.comparisons, self._fit_epochs)
         self._fitting_now = False
         self.num_fits += 1
         self.last_fit = report
@@ -762,6 +933,8 @@ def _source_name(source: PreferenceSource) -> str:
 
 
 def _env_id(venv: VecEnv) -> str | None:
+    if not venv.has_attr("spec"):
+        return None
     try:
         spec = venv.get_attr("spec", indices=[0])[0]
     except (AttributeError, TypeError):
@@ -776,6 +949,9 @@ def _close_all(fitters: list[FitWorker | _InProcessFitter | None]) -> None:
 
 
 def _segment_length_from_dt(venv: VecEnv) -> int:
+    # Asked first: get_attr of a missing attribute kills a SubprocVecEnv's env worker.
+    if not venv.has_attr("dt"):
+        return DEFAULT_SEGMENT_LENGTH
     try:
         dt = float(venv.get_attr("dt", indices=[0])[0])
     except (AttributeError, TypeError, ValueError):

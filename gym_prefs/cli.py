@@ -142,9 +142,9 @@ def _build_parser() -> argparse.ArgumentParser:
     label = commands.add_parser(
         "label",
         help="label a store's pending clip pairs in a window",
-        description="Open the labelling window on a store: of a running training (same machine, or a store on "
-        "a shared disk), or afterwards. Keys: left/right arrow = that clip is better, up = equally good, "
-        "down = can't tell, space = pause, r = replay, -/+ = slower/faster, esc = close.",
+        description="Open the labelling window on a store: of a running training on this machine (a store "
+        "never lives on a network disk), or afterwards. Keys: left/right arrow = that clip is better, "
+        "up = equally good, down = can't tell, space = pause, r = replay, -/+ = slower/faster, esc = close.",
     )
     label.add_argument("store", type=Path, help="the preference store (.db)")
     label.add_argument("--instruction", default="", help="what to teach, shown in the window")

@@ -97,7 +97,7 @@ class Viewer:
     """A pygame window that shows pending pairs of a store and records a person's answers.
 
     Args:
-        store_path: the preference store (the run's, or a copy on a shared disk).
+        store_path: the preference store (the run's on this machine, or a copy of it).
         instruction: what the person should teach, shown at the top of the window.
         labeler: name recorded with every answer.
         render_size: side in pixels of frames rendered from MuJoCo states.

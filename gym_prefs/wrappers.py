@@ -48,6 +48,25 @@ def check_model_spaces(model: RewardEnsemble, observation_space: gym.Space[Any],
         )
 
 
+def _floating(space: gym.Space[Any]) -> bool:
+    """Whether observations of ``space`` can hold NaN or infinity (integer images cannot)."""
+    return space.dtype is not None and np.issubdtype(space.dtype, np.floating)
+
+
+def _check_finite(obs: Any, env: Any) -> None:
+    """Raise ``ValueError`` if an observation holds NaN or infinity.
+
+    The reward model cannot score such a step, and a segment holding one would turn every later
+    fit's loss into NaN, so the run stops here with the cause rather than later with a mystery.
+    """
+    if not np.isfinite(obs).all():
+        raise ValueError(
+            f"{env} returned an observation holding NaN or infinity: the learned reward cannot be "
+            "computed from it. Fix the env, or clip and replace such values in an observation wrapper "
+            "(e.g. gymnasium.wrappers.TransformObservation) inside the reward wrapper."
+        )
+
+
 def _episode_info(true_return: float, learned_return: float, length: int) -> dict[str, float | int]:
     return {"true": true_return, "learned": learned_return, "l": length}
 
@@ -92,6 +111,7 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
         gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, record_steps=record_steps)
         super().__init__(env)
         self.reward_model = _resolve_model(reward_model, env.observation_space, env.action_space)
+        self._check_obs = _floating(env.observation_space)
         self._record_steps = record_steps
         capacity = record_steps or steps_for_bytes(env.observation_space, env.action_space, RECORD_BYTES)
         self.recorder = TransitionRecorder(env.observation_space, env.action_space, 1, capacity)
@@ -105,6 +125,8 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
+        if self._check_obs:
+            _check_finite(obs, self.env)
         if self._length:  # an episode cut short by reset: segments must not span it
             self.recorder.end_episodes(np.ones(1, dtype=bool))
         self._last_obs = obs
@@ -118,6 +140,8 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
         if self._last_obs is None:
             raise gym.error.ResetNeeded("call reset() before step() on a LearnedReward env")
         obs, true_reward, terminated, truncated, info = self.env.step(action)
+        if self._check_obs:
+            _check_finite(obs, self.env)
         obs_batch = np.asarray(self._last_obs)[None]
         act_batch = np.asarray(action)[None]
         start = time.perf_counter()
@@ -151,6 +175,16 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
     def reward_spaces(self) -> tuple[gym.Space[Any], gym.Space[Any]]:
         """The spaces of what this wrapper records (outer wrappers may change the env's)."""
         return self.observation_space, self.action_space
+
+    def try_enable_clips(self) -> ClipInfo | str:
+        """:meth:`enable_clips`, returning the reason instead of raising when it cannot.
+
+        For ``SubprocVecEnv`` workers, where an exception would end the worker process.
+        """
+        try:
+            return self.enable_clips()
+        except ValueError as error:
+            return str(error)
 
     def enable_clips(self) -> ClipInfo:
         """Also record what a person needs to see each step (see :mod:`gym_prefs.clips`).
@@ -216,6 +250,7 @@ class VecLearnedReward(VecEnvWrapper):
             inner = inner.venv
         super().__init__(venv)
         self.reward_model = _resolve_model(reward_model, venv.observation_space, venv.action_space)
+        self._check_obs = _floating(venv.observation_space)
         self._record_steps = record_steps
         capacity = record_steps or steps_for_bytes(
             venv.observation_space, venv.action_space, RECORD_BYTES // venv.num_envs
@@ -232,6 +267,8 @@ class VecLearnedReward(VecEnvWrapper):
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
+        if self._check_obs:
+            _check_finite(obs, self.venv)
         if self._lengths.any():
             self.recorder.end_episodes(self._lengths > 0)
         self._last_obs = np.asarray(obs)
@@ -250,6 +287,8 @@ class VecLearnedReward(VecEnvWrapper):
         obs, true_rewards, dones, infos = self.venv.step_wait()
         if self._last_obs is None or self._actions is None:
             raise RuntimeError("call reset() before step() on a VecLearnedReward env")
+        if self._check_obs:
+            _check_finite(obs, self.venv)
         start = time.perf_counter()
         learned = self.reward_model.predict(self._last_obs, self._actions)
         self.inference_seconds += time.perf_counter() - start

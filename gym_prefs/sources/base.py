@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
@@ -56,6 +58,12 @@ class Answer:
         Traceback (most recent call last):
         ...
         ValueError: label must be one of ('first', 'second', 'equal', 'skip'), got 'maybe'
+
+        Integer ids of any kind (NumPy's included) become plain ``int``:
+
+        >>> import numpy as np
+        >>> type(Answer(np.int64(3), "first").query_id)
+        <class 'int'>
     """
 
     query_id: int
@@ -64,8 +72,19 @@ class Answer:
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.label not in LABELS:
+        try:
+            query_id = operator.index(self.query_id)
+        except TypeError:
+            raise TypeError(f"query_id must be an integer (a Query.id), got {self.query_id!r}") from None
+        # Frozen: normalise through object.__setattr__ so that the store always gets a plain int.
+        object.__setattr__(self, "query_id", int(query_id))
+        if not isinstance(self.label, str) or self.label not in LABELS:
             raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
+        object.__setattr__(self, "labeler", str(self.labeler))
+        seconds = float(self.seconds)
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be a finite duration >= 0, got {self.seconds!r}")
+        object.__setattr__(self, "seconds", seconds)
 
 
 @runtime_checkable

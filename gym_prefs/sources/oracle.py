@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,9 @@ class SyntheticOracle:
     With the defaults it is a perfect teacher. Thresholds are in units of return; B-Pref
     expresses them as fractions of the average segment return, so scale them accordingly.
 
+    A pair whose true rewards hold a NaN or an infinity cannot be compared: the oracle answers
+    ``"skip"`` (can't tell, never trained on) and warns once, rather than inventing a preference.
+
     Args:
         beta: Boltzmann rationality (``<= 0``: deterministic).
         gamma: myopic discount (1: not myopic).
@@ -45,6 +49,8 @@ class SyntheticOracle:
         >>> oracle.request([Query(0, seg(1.0), seg(0.0)), Query(1, seg(0.0), seg(1.0))])
         >>> [a.label for a in oracle.poll()]
         ['first', 'second']
+        >>> oracle.label(np.array([[np.nan, 1.0]]), np.array([[0.0, 0.0]]))
+        ['skip']
     """
 
     name = "oracle"
@@ -71,11 +77,16 @@ class SyntheticOracle:
         self.equal_threshold = equal_threshold
         self.rng = np.random.default_rng(seed)
         self._ready: list[Answer] = []
+        self._warned_not_finite = False
 
     def label(self, first_rewards: np.ndarray, second_rewards: np.ndarray) -> list[Label]:
         """Labels for pairs given their true rewards, each ``[pairs, length]``."""
         first_rewards = np.asarray(first_rewards, dtype=np.float64)
         second_rewards = np.asarray(second_rewards, dtype=np.float64)
+        unknown = ~(np.isfinite(first_rewards).all(axis=1) & np.isfinite(second_rewards).all(axis=1))
+        if unknown.any():  # compared as zeros below, then answered "skip"
+            first_rewards = np.where(np.isfinite(first_rewards), first_rewards, 0.0)
+            second_rewards = np.where(np.isfinite(second_rewards), second_rewards, 0.0)
         r1, r2 = first_rewards.sum(axis=1), second_rewards.sum(axis=1)
         length = first_rewards.shape[1]
         weights = self.gamma ** np.arange(length - 1, -1, -1)
@@ -94,6 +105,17 @@ class SyntheticOracle:
         labels[np.abs(r1 - r2) < self.equal_threshold] = "equal"
         if self.skip_threshold is not None:
             labels[np.maximum(r1, r2) < self.skip_threshold] = "skip"
+        # A NaN would compare as False everywhere above, which made it "second": say can't tell.
+        if unknown.any():
+            labels[unknown] = "skip"
+            if not self._warned_not_finite:
+                warnings.warn(
+                    f"{int(unknown.sum())} of {len(labels)} pairs have a NaN or infinite true reward; the oracle "
+                    "answers them \"skip\" (can't tell). Check the env's reward.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._warned_not_finite = True
         return list(labels)
 
     def request(self, queries: Sequence[Query]) -> None:

@@ -70,7 +70,7 @@ class PygameLabeler:
             then counts as closed. A window that has ended is never reopened by later queries.
         labeler: name stored with every answer.
         open_window: open the viewer when the first queries arrive; ``False`` to label from
-            another terminal (or machine sharing the disk) with ``gym-prefs label STORE``.
+            another terminal of the same machine with ``gym-prefs label STORE``.
         render_size: side in pixels of frames rendered from MuJoCo states.
 
     Example:
