@@ -289,53 +289,7 @@ def test_a_run_on_the_same_store_continues_without_asking_again(tmp_path):
         }
 
 
-KILLABLE = textwrap.dedent(
-    """
-    import sys
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-    import gym_prefs
-
-    env = gym_prefs.VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=2, seed=int(sys.argv[2])))
-    callback = gym_prefs.PreferenceCallback(
-        "oracle", total_labels=60, segment_length=10, refit_interval=128, store=sys.argv[1],
-        initial_fit_epochs=20, seed=int(sys.argv[2]),
-    )
-    PPO("MlpPolicy", env, n_steps=128, batch_size=64, policy_kwargs={"net_arch": [16]}).learn(8000, callback=callback)
-    print("DONE", len(callback.store), callback.store.counts()["queries"])
-    """
-)
-
-
-def answered_ids(path) -> set[int]:
-    if not path.exists():
-        return set()
-    try:
-        with PreferenceStore(path, readonly=True) as store:
-            return {a.query_id for a in store.answers()}
-    except (StoreError, sqlite3.DatabaseError):
-        return set()  # killed before the store was fully created
-
-
-def test_labels_survive_sigkill_and_the_run_finishes_on_budget(tmp_path):
-    path = tmp_path / "p.db"
-    rng = random.Random(0)
-    for attempt in range(3):
-        process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(path), str(attempt)], cwd=tmp_path)
-        time.sleep(rng.uniform(2.5, 6.0))
-        committed = answered_ids(path)
-        process.kill()
-        process.wait()
-        after = answered_ids(path)
-        assert committed <= after, "a committed label disappeared"
-        if after:
-            with PreferenceStore(path, readonly=True) as store:
-                assert store.counts()["queries"] <= 60
-    done = subprocess.run(
-        [sys.executable, "-c", KILLABLE, str(path), "9"], cwd=tmp_path, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "DONE 60 60" in done.stdout
+# SIGKILLs of training runs (the first instants included) are in tests/test_faults.py.
 
 
 class AcknowledgedSource:

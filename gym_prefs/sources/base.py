@@ -137,5 +137,11 @@ class PreferenceSource(Protocol):
         ...
 
     def close(self) -> None:
-        """Release windows, processes or files."""
+        """Release windows, processes or files.
+
+        Called when ``learn()`` ends (nobody should go on answering for a run that has ended)
+        and again by ``PreferenceCallback.close()``: a second call must be harmless, and a
+        later :meth:`request` (at the next ``learn()``) must work again. Queries not answered
+        by then are asked again at the next ``learn()``.
+        """
         ...
