@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -60,6 +61,34 @@ class DictObsEnv(gym.Env[dict[str, np.ndarray], int]):
         return self.observation_space.sample(), 0.0, False, False, {}
 
 
+class ScriptedSource:
+    """Answers every query with ``answer_for(query)``; records what it was told."""
+
+    name = "scripted"
+
+    def __init__(self, answer_for: Any) -> None:
+        self.answer_for = answer_for
+        self._ready: list[Any] = []
+        self.acknowledged: list[int] = []
+
+    def request(self, queries):
+        self._ready += [self.answer_for(query) for query in queries]
+
+    def poll(self, timeout=0.0):
+        answers, self._ready = self._ready, []
+        return answers
+
+    @property
+    def pending(self):
+        return len(self._ready)
+
+    def close(self):
+        pass
+
+    def acknowledge(self, query_ids):
+        self.acknowledged += list(query_ids)
+
+
 @pytest.fixture(autouse=True)
 def _run_in_a_temporary_folder(tmp_path, monkeypatch):
     """Runs write default stores under ./runs: keep them out of the repository."""
@@ -69,3 +98,19 @@ def _run_in_a_temporary_folder(tmp_path, monkeypatch):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a 2 MiB file system of its own (a tmpfs), so that filling it fills nothing else."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    folder = tmp_path / "small_disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import ScriptedSource
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
@@ -54,34 +55,6 @@ def tiny_run(source: Any = "oracle", store: Path | None = None, env: Any = None,
 
 
 # ---------------------------------------------------------------------- misbehaving sources
-class ScriptedSource:
-    """Answers every query with ``answer_for(query)``; records what it was told."""
-
-    name = "scripted"
-
-    def __init__(self, answer_for: Any) -> None:
-        self.answer_for = answer_for
-        self._ready: list[Any] = []
-        self.acknowledged: list[int] = []
-
-    def request(self, queries):
-        self._ready += [self.answer_for(query) for query in queries]
-
-    def poll(self, timeout=0.0):
-        answers, self._ready = self._ready, []
-        return answers
-
-    @property
-    def pending(self):
-        return len(self._ready)
-
-    def close(self):
-        pass
-
-    def acknowledge(self, query_ids):
-        self.acknowledged += list(query_ids)
-
-
 def stored_answers(path: Path) -> dict[int, str]:
     with PreferenceStore(path, readonly=True) as store:
         return {answer.query_id: answer.label for answer in store.answers()}
@@ -466,20 +439,6 @@ def test_sigkill_during_training_loses_no_committed_label_and_a_restart_ends_on_
 
 
 # ---------------------------------------------------------------------- a full disk
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MiB file system of its own (tmpfs), where the test can fill the disk."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                                           capture_output=True).returncode != 0:
-        pytest.skip("needs root to mount a small tmpfs")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
 def test_a_full_disk_is_a_clear_error_and_a_restart_after_freeing_space_ends_on_budget(small_disk):
     path = small_disk / "p.db"
     filler = small_disk / "filler"

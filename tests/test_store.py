@@ -16,6 +16,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import ScriptedSource
 from gymnasium import spaces
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
@@ -292,35 +293,20 @@ def test_a_run_on_the_same_store_continues_without_asking_again(tmp_path):
 # SIGKILLs of training runs (the first instants included) are in tests/test_faults.py.
 
 
-class AcknowledgedSource:
+class AcknowledgedSource(ScriptedSource):
     """Answers "first" and checks, when told, that the store already holds those answers."""
 
     name = "careful"
 
     def __init__(self, path):
+        super().__init__(lambda query: Answer(query.id, "first", "careful"))
         self.path = path
-        self._ready = []
-        self.acknowledged = 0
-
-    def request(self, queries):
-        self._ready += [Answer(q.id, "first", "careful") for q in queries]
-
-    def poll(self, timeout=0.0):
-        answers, self._ready = self._ready, []
-        return answers
-
-    @property
-    def pending(self):
-        return len(self._ready)
-
-    def close(self):
-        pass
 
     def acknowledge(self, query_ids):
         with PreferenceStore(self.path, readonly=True) as store:
             on_disk = {a.query_id for a in store.answers()}
         assert set(query_ids) <= on_disk, "acknowledged before the answers were committed"
-        self.acknowledged += len(query_ids)
+        super().acknowledge(query_ids)
 
 
 def test_answers_are_acknowledged_only_once_committed(tmp_path):
@@ -331,7 +317,7 @@ def test_answers_are_acknowledged_only_once_committed(tmp_path):
     )
     PPO("MlpPolicy", env, n_steps=256, seed=0, policy_kwargs={"net_arch": [16]}).learn(1024, callback=callback)
     callback.close()
-    assert source.acknowledged == 20
+    assert len(source.acknowledged) == 20
 
 
 def test_a_store_object_for_another_run_is_refused_by_the_callback(tmp_path):
@@ -753,22 +739,6 @@ def test_answers_are_checked_before_anything_is_written(tmp_path):
 
 
 # ---------------------------------------------------------------------- a full disk
-@pytest.fixture
-def small_disk(tmp_path):
-    """A folder on a 1 MiB file system of its own (a tmpfs), so that filling it fills nothing else."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a small file system needs root")
-    folder = tmp_path / "small_disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 def test_a_full_disk_is_a_clear_error_and_keeps_every_committed_label(small_disk):
     path = small_disk / "p.db"
     store = new_store(path)
