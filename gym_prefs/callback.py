@@ -857,7 +857,15 @@ class PreferenceCallback(BaseCallback):
             self.reward_model.load_state_dict(state)
             self._wrappers.push(self.reward_model)
             if self.reward_model_path is not None:
-                self.reward_model.save(self.reward_model_path)
+                try:
+                    self.reward_model.save(self.reward_model_path)
+                except OSError as error:  # a full disk, most often: say what is safe and what to do
+                    raise OSError(
+                        error.errno,
+                        f"could not save the reward model to {self.reward_model_path} ({error.strerror or error}). "
+                        f"Every label is in {self.store.path if self.store else 'the store'}: free space (or let this "
+                        "user write that folder) and start the run again on that store",
+                    ) from error
         if isinstance(self.model, OffPolicyAlgorithm) and self.relabel_replay_buffer:
             with self._timed("relabel"):
                 self._relabel(self.model)

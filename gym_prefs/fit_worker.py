@@ -23,7 +23,6 @@ import io
 import os
 import pickle
 import queue
-import signal
 import struct
 import subprocess
 import sys
@@ -37,6 +36,7 @@ import torch
 
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.fitting import FitReport, RewardTrainer
+from gym_prefs.processes import signal_name
 from gym_prefs.reward_model import RewardEnsemble
 
 __all__ = ["FitWorker", "FitWorkerError"]
@@ -459,10 +459,7 @@ class FitWorker:
         elif self._read_error is not None:
             what = f"sent a reply this process could not read ({self._read_error!r}); it was killed."
         elif code is not None and code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = f"signal {-code}"
+            name = signal_name(code)
             cause = _SIGNAL_CAUSES.get(name)
             what = f"exited unexpectedly: it was killed by {name} (signal {-code})" + (f" — {cause}." if cause else ".")
         else:

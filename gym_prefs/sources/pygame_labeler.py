@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gym_prefs.processes import ended_how
 from gym_prefs.sources.base import Answer, Query
 
 __all__ = ["PygameLabeler", "require_pygame"]
@@ -41,16 +41,6 @@ def _end_process(process: subprocess.Popen[bytes], wait: float = TERMINATE_WAIT)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def _how_it_ended(returncode: int) -> str:
-    """``"killed by SIGKILL"`` or ``"exit code 3"``."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
 
 
 class PygameLabeler:
@@ -170,7 +160,7 @@ class PygameLabeler:
                 else "training waits for answers"
             )
             print(
-                f"gym_prefs: the labelling window ended unexpectedly ({_how_it_ended(code)}); every answer "
+                f"gym_prefs: the labelling window ended unexpectedly ({ended_how(code)}); every answer "
                 f"given is in the store and {then}. Run `gym-prefs label {store}` to open it again.",
                 file=sys.stderr,
                 flush=True,
