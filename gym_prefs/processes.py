@@ -1,10 +1,12 @@
-"""How a child process of the library (the fitting worker, the labelling window) ended, in words."""
+"""Child processes of the library (the fitting worker, the labelling window): alive, and how they ended."""
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 
-__all__ = ["ended_how", "signal_name"]
+__all__ = ["ended_how", "process_alive", "signal_name"]
 
 
 def signal_name(returncode: int) -> str:
@@ -30,3 +32,38 @@ def ended_how(returncode: int) -> str:
         ('killed by SIGTERM', 'exit code 3')
     """
     return f"killed by {signal_name(returncode)}" if returncode < 0 else f"exit code {returncode}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie, killed but not yet reaped, is not).
+
+    Args:
+        pid: the process id.
+
+    Returns:
+        ``False`` once the process has ended.
+    """
+    if sys.platform == "win32":  # pragma: no cover - Windows only
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return False
+        try:
+            return bool(kernel32.WaitForSingleObject(handle, 0) == 0x102)  # WAIT_TIMEOUT: still running
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    # A killed process stays in the process table until its parent reaps it.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): os.kill found it
+    return state not in (b"Z", b"X")

@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 
 from gym_prefs.clips import ClipInfo, ClipRenderer
+from gym_prefs.processes import process_alive
 from gym_prefs.sources.base import Answer, Label
 from gym_prefs.sources.pygame_labeler import require_pygame
 from gym_prefs.store import PreferenceStore, StoreError
 
-__all__ = ["KEY_LABELS", "Viewer", "main", "process_alive"]
+__all__ = ["KEY_LABELS", "Viewer", "main"]
 
 CLIP_BOX = 360  # each clip is scaled to fit a square of this many pixels
 MARGIN = 20
@@ -49,41 +50,6 @@ DIM = (150, 150, 160)
 
 #: The paper's keys.
 KEY_LABELS: dict[str, Label] = {"left": "first", "right": "second", "up": "equal", "down": "skip"}
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` is running (a zombie, killed but not yet reaped, is not).
-
-    Args:
-        pid: the process id.
-
-    Returns:
-        ``False`` once the process has ended.
-    """
-    if sys.platform == "win32":  # pragma: no cover - Windows only
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32
-        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
-        if not handle:
-            return False
-        try:
-            return bool(kernel32.WaitForSingleObject(handle, 0) == 0x102)  # WAIT_TIMEOUT: still running
-        finally:
-            kernel32.CloseHandle(handle)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by another user
-    # A killed process stays in the process table until its parent reaps it.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            state = stat.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): os.kill found it
-    return state not in (b"Z", b"X")
 
 
 @dataclass

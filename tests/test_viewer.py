@@ -16,7 +16,8 @@ from stable_baselines3 import PPO
 
 import gym_prefs
 from gym_prefs import LearnedReward, PreferenceCallback, PreferenceStore, PygameLabeler
-from gym_prefs.viewer import Viewer, process_alive
+from gym_prefs.processes import process_alive
+from gym_prefs.viewer import Viewer
 
 pygame = pytest.importorskip("pygame", reason="the labelling window needs pygame: pip install 'gym-prefs[human]'")
 
