@@ -776,21 +776,24 @@ class PreferenceCallback(BaseCallback):
     def _checked(self, answers: list[Any]) -> tuple[list[Answer], list[str]]:
         """Split what a source returned into valid answers and descriptions of the others."""
         assert self.store is not None
-        valid: list[Answer] = []
+        built: list[Answer] = []
         problems: list[str] = []
         for item in answers:
             try:
                 # Built anew, so that anything answer-shaped is validated (and its id made an int).
-                answer = Answer(
-                    item.query_id, item.label, getattr(item, "labeler", "unknown"), getattr(item, "seconds", 0.0)
-                )
+                labeler, seconds = getattr(item, "labeler", "unknown"), getattr(item, "seconds", 0.0)
+                built.append(Answer(item.query_id, item.label, labeler, seconds))
             except (AttributeError, TypeError, ValueError) as error:
                 problems.append(f"{item!r} ({error})")
-                continue
-            if answer.query_id not in self._pending_queries and not self.store.answers_for([answer.query_id]):
+        # Not pending here: fine if answered already (delivered twice), else unknown. One look-up.
+        stray = [answer.query_id for answer in built if answer.query_id not in self._pending_queries]
+        answered = {answer.query_id for answer in self.store.answers_for(stray)}
+        valid = []
+        for answer in built:
+            if answer.query_id in self._pending_queries or answer.query_id in answered:
+                valid.append(answer)
+            else:
                 problems.append(f"{answer!r} (no query with id {answer.query_id} is waiting for an answer)")
-                continue
-            valid.append(answer)
         return valid, problems
 
     def _use(self, answers: list[Answer]) -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "TransitionBatch",
     "TransitionRecorder",
     "segment_steps",
+    "space_bytes",
     "steps_for_bytes",
 ]
 
@@ -81,13 +82,19 @@ def steps_for_bytes(
     obs_space: spaces.Space[Any], act_space: spaces.Space[Any], budget: int, clip_spec: ClipSpec | None = None
 ) -> int:
     """How many steps of (observation, action, rewards, episode, clip data) fit in ``budget`` bytes."""
-    per_step = _nbytes(obs_space) + _nbytes(act_space) + 4 + 4 + 8
+    per_step = space_bytes(obs_space) + space_bytes(act_space) + 4 + 4 + 8
     if clip_spec is not None:
         per_step += int(np.prod(clip_spec[0], dtype=np.int64)) * np.dtype(clip_spec[1]).itemsize
     return max(1, budget // per_step)
 
 
-def _nbytes(space: spaces.Space[Any]) -> int:
+def space_bytes(space: spaces.Space[Any]) -> int:
+    """Bytes of one value of ``space`` as the recorders and pools store it.
+
+    Example:
+        >>> space_bytes(spaces.Box(0, 255, (84, 84, 4), np.uint8)), space_bytes(spaces.Discrete(3))
+        (28224, 8)
+    """
     return int(np.prod(shape_of(space), dtype=np.int64)) * np.dtype(space.dtype).itemsize
 
 

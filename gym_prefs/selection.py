@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gym_prefs.reward_model import RewardEnsemble
-from gym_prefs.segments import SegmentPool
+from gym_prefs.segments import SegmentPool, space_bytes
 
 __all__ = ["SELECTION_METHODS", "pair_disagreement", "select_pairs"]
 
@@ -70,7 +70,8 @@ def select_pairs(
     if informed:
         # Candidates are cut and scored a chunk at a time: with large images a copy of all of
         # them (ten times the pairs asked for) would not fit in memory.
-        chunk = max(1, CANDIDATE_BYTES // (2 * length * _step_bytes(model)))
+        step_bytes = space_bytes(model.observation_space) + space_bytes(model.action_space)
+        chunk = max(1, CANDIDATE_BYTES // (2 * length * step_bytes))
         scores = []
         for start in range(0, candidates, chunk):
             segments = pool.cut(places[2 * start : 2 * (start + chunk)])
@@ -85,8 +86,3 @@ def _as_pairs(segments: np.ndarray) -> np.ndarray:
     """Consecutive segments as pairs: ``[2 * pairs, ...]`` to ``[pairs, 2, ...]``."""
     return segments.reshape(-1, 2, *segments.shape[1:])
 
-
-def _step_bytes(model: RewardEnsemble) -> int:
-    """Bytes of one step's observation and action as the pool stores them."""
-    spaces = (model.observation_space, model.action_space)
-    return sum(int(np.prod(space.shape or (1,))) * np.dtype(space.dtype or np.float32).itemsize for space in spaces)

@@ -445,10 +445,8 @@ class PreferenceStore:
 
     @staticmethod
     def _existing_query_ids(cursor: sqlite3.Cursor, query_ids: Sequence[int]) -> set[int]:
-        ids = sorted(set(query_ids))
         found: set[int] = set()
-        for start in range(0, len(ids), 500):  # SQLite limits the number of parameters
-            chunk = ids[start : start + 500]
+        for chunk in _id_chunks(query_ids):
             rows = cursor.execute(f"SELECT id FROM queries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
             found.update(int(row[0]) for row in rows.fetchall())
         return found
@@ -458,9 +456,7 @@ class PreferenceStore:
         if not query_ids:
             return []
         found: list[Answer] = []
-        ids = sorted(set(int(q) for q in query_ids))
-        for start in range(0, len(ids), 500):  # SQLite limits the number of parameters
-            chunk = ids[start : start + 500]
+        for chunk in _id_chunks(query_ids):
             rows = self._connection.execute(
                 "SELECT query_id, label, labeler, seconds FROM answers WHERE query_id IN "
                 f"({', '.join('?' * len(chunk))}) ORDER BY query_id",
@@ -676,6 +672,13 @@ def _positive_int(value: object, name: str) -> int:
     if number <= 0:
         raise ValueError(f"{name} must be a positive integer, got {number}")
     return number
+
+
+def _id_chunks(query_ids: Sequence[int]) -> Iterator[list[int]]:
+    """Distinct ids in ascending order, 500 at a time: SQLite limits the parameters of a statement."""
+    ids = sorted({int(query_id) for query_id in query_ids})
+    for start in range(0, len(ids), 500):
+        yield ids[start : start + 500]
 
 
 def _is_disk_full(error: sqlite3.OperationalError) -> bool:
