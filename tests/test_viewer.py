@@ -436,6 +436,7 @@ def test_exit_with_is_checked_every_half_second(store_path):
 
 
 ANSWERING_VIEWER = """
+import os
 import sys
 import pygame
 from gym_prefs.viewer import Viewer
@@ -450,7 +451,9 @@ while True:
     frame += 1
     viewer.step()
     if viewer.answers_given > before:  # answer() returned: committed to the store
-        print("ACK", shown.query_id, flush=True)
+        # One write() of a short line is atomic on a pipe, so a kill never leaves half a line
+        # (print() writes its pieces separately when Python runs unbuffered).
+        os.write(1, f"ACK {shown.query_id}\\n".encode())
 """
 
 
