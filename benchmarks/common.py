@@ -26,5 +26,10 @@ def report(result: dict[str, Any], path: str | None) -> None:
     """Print ``result`` as JSON, and write it to ``path`` too when one is given."""
     print(json.dumps(result, indent=2))
     if path:
-        with open(path, "w") as handle:
-            json.dump(result, handle, indent=2)
+        write_json(result, path)
+
+
+def write_json(result: dict[str, Any], path: str) -> None:
+    """Write ``result`` to ``path`` as indented JSON."""
+    with open(path, "w") as handle:
+        json.dump(result, handle, indent=2)

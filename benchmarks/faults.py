@@ -1,7 +1,7 @@
 """Fault injection at scale: kill training runs, store creations and fitting processes at random
 moments, many times, and count what was lost.
 
-``tests/test_faults.py`` injects each fault a handful of times in CI; this script repeats the
+``tests/test_faults_processes.py`` injects each fault a handful of times in CI; this script repeats the
 process kills until a rare unlucky instant would show, and prints the fault table:
 
     python benchmarks/faults.py --training-kills 20 --creation-kills 40 --worker-kills 6 --out faults.json
@@ -81,7 +81,7 @@ WORKER_KILLS = textwrap.dedent(
         def _on_step(self):
             if self.at and self.num_timesteps >= self.at[0]:
                 self.at.pop(0)
-                os.kill(self.prefs._worker.pid, signal.SIGKILL)
+                os.kill(self.prefs.parts.fitter.worker.pid, signal.SIGKILL)
             return True
 
     env = gym_prefs.VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=2, seed=0))
@@ -93,7 +93,7 @@ WORKER_KILLS = textwrap.dedent(
     PPO("MlpPolicy", env, n_steps=128, batch_size=64, policy_kwargs={{"net_arch": [16]}}).learn(
         3000, callback=CallbackList([prefs, Killer(prefs, at)])
     )
-    print("DONE", len(prefs.store), prefs._worker_restarts, flush=True)
+    print("DONE", len(prefs.store), prefs.parts.fitter.restarts, flush=True)
     """
 )
 

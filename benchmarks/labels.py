@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import run_parallel
+from common import run_parallel, write_json
 
 ENV_ID = "Pendulum-v1"
 STEPS = 40_000
@@ -64,7 +64,7 @@ def run_one(condition: str, seed: int, out: str) -> None:
     if callback is not None:
         callback.close()
     result = {"condition": condition, "seed": seed, "final_true_return": float(score), "seconds": seconds}
-    Path(out + ".json").write_text(json.dumps(result, indent=2))
+    write_json(result, out + ".json")
 
 
 def summarise(out: Path) -> str:

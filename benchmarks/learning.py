@@ -5,9 +5,10 @@ n_steps 512, batch 64, one torch thread; γ 0.9999 on Swimmer, as the RL Zoo) an
 every ``--eval-every`` steps on the env's raw true reward (deterministic policy, fresh seeds).
 Both conditions normalise rewards with ``VecNormalize(norm_reward=True)``, as rl-zoo3 does
 for the baseline, so the ratio does not flatter preferences. Preference runs on MuJoCo envs
-take the MuJoCo preset's env and callback settings (Hopper without termination on falling,
-1.5 s segments); the true-reward baseline trains on the standard env, its strongest setting,
-and every agent is scored on the standard env. Runs go in parallel (``--jobs``) as separate
+take the MuJoCo preset's env and callback settings (1.5 s segments, the paper's ensemble; the
+env keeps its termination, and where an episode ends on falling, as Hopper's, the learned
+reward is centred on +1); the true-reward baseline trains on the standard env, and every agent
+is scored on the standard env. Runs go in parallel (``--jobs``) as separate
 processes, and a run whose result file exists is not run again (an interrupted benchmark
 resumes).
 
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import run_parallel
+from common import run_parallel, write_json
 
 #: Per-env changes to PPO's defaults, for both conditions (the RL Zoo's discount for Swimmer,
 #: without which PPO barely moves on it).
@@ -53,14 +54,18 @@ def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int,
     if condition == "true":
         venv = make_vec_env(env_id, n_envs=4, seed=seed)
     else:
-        # The MuJoCo preset's env and callback settings (termination on falling removed,
-        # 1.5 s segments, the paper's ensemble); the algorithm stays the same PPO.
+        # The MuJoCo preset's env and callback settings (1.5 s segments, the paper's ensemble,
+        # the reward centred on +1 where episodes end on falling); the algorithm stays the same PPO.
         preset = preset_for(env_id, "mujoco") if is_mujoco(env_id) else None
         env_kwargs = preset.env_kwargs if preset else {}
-        callback_kwargs = preset.callback_kwargs if preset else {}
         venv = gym_prefs.VecLearnedReward(make_vec_env(env_id, n_envs=4, seed=seed, env_kwargs=env_kwargs))
         preferences = gym_prefs.PreferenceCallback(
-            "oracle", total_labels=int(condition), store=f"{out}.db", seed=seed, fitting="process", **callback_kwargs
+            "oracle",
+            config=preset.config if preset else None,
+            total_labels=int(condition),
+            store=f"{out}.db",
+            seed=seed,
+            fitting="process",
         )
         callbacks.append(preferences)
     venv = VecNormalize(venv, norm_obs=False, norm_reward=True)
@@ -95,7 +100,7 @@ def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int,
     }
     if preferences is not None:
         preferences.close()
-    Path(out + ".json").write_text(json.dumps(result, indent=2))
+    write_json(result, out + ".json")
     del np
 
 
@@ -107,9 +112,7 @@ def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for env_id in envs:
-        by_condition = {
-            c: [r for r in results if r["env_id"] == env_id and r["condition"] == c] for c in conditions
-        }
+        by_condition = {c: [r for r in results if r["env_id"] == env_id and r["condition"] == c] for c in conditions}
         true_runs = by_condition.get("true") or []
         true_median = statistics.median(r["final_true_return"] for r in true_runs) if true_runs else None
         for condition, runs in by_condition.items():
@@ -195,8 +198,19 @@ def main() -> None:
     commands = [
         (
             f"{env_id} {condition} seed {seed}",
-            [sys.executable, __file__, "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-             "--run", env_id, condition, str(seed), stem],
+            [
+                sys.executable,
+                __file__,
+                "--steps",
+                str(args.steps),
+                "--eval-every",
+                str(args.eval_every),
+                "--run",
+                env_id,
+                condition,
+                str(seed),
+                stem,
+            ],
         )
         for env_id, condition, seed, stem in jobs
     ]

@@ -13,20 +13,18 @@ plain SB3 then gets the same env pipeline with the game's reward.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from typing import Any
 
 import torch
+from common import write_json
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import SubprocVecEnv
 
 import gym_prefs
-
-FITTING = "process"
 
 
 def run(
@@ -42,12 +40,11 @@ def run(
 ) -> dict:
     """One timed ``model.learn``: plain SB3, or with gym_prefs when ``preferences``.
 
-    ``overrides`` replace :class:`~gym_prefs.PreferenceCallback` arguments (and the preset's).
+    ``overrides`` replace :class:`~gym_prefs.PreferenceCallback` settings (and the preset's).
     """
-    callback_kwargs: dict[str, Any] = dict(overrides or {})
+    config = None
     if env_id.startswith("ALE/"):
-        venv, model, settings = _atari(env_id, n_envs, seed, preferences, labels, subproc)
-        callback_kwargs = {**settings, **callback_kwargs}
+        venv, model, config = _atari(env_id, n_envs, seed, preferences, labels, subproc)
     else:
         vec_cls = SubprocVecEnv if subproc else None
         wrapper = gym_prefs.LearnedReward if (preferences and per_env) else None
@@ -56,7 +53,7 @@ def run(
             venv = gym_prefs.VecLearnedReward(venv)
         model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed)
     callback = (
-        gym_prefs.PreferenceCallback("oracle", total_labels=labels, seed=seed, fitting=FITTING, **callback_kwargs)
+        gym_prefs.PreferenceCallback("oracle", config=config, total_labels=labels, seed=seed, **(overrides or {}))
         if preferences
         else None
     )
@@ -76,7 +73,7 @@ def run(
 
 def _atari(
     env_id: str, n_envs: int, seed: int, preferences: bool, labels: int, subproc: bool
-) -> tuple[Any, OnPolicyAlgorithm, dict[str, Any]]:
+) -> tuple[Any, OnPolicyAlgorithm, gym_prefs.PreferenceConfig]:
     """The Atari preset (A2C, CnnPolicy); plain SB3 gets the same env pipeline without the reward wrapper."""
     from stable_baselines3 import A2C
 
@@ -87,7 +84,7 @@ def _atari(
     vec_cls = SubprocVecEnv if subproc else None
     venv = make_atari_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, learned_reward=preferences)
     model = A2C("CnnPolicy", venv, seed=seed, **preset.algo_kwargs)
-    return venv, model, dict(preset.callback_kwargs)
+    return venv, model, preset.config
 
 
 def _time_phases(model: OnPolicyAlgorithm) -> dict[str, float]:
@@ -124,10 +121,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    global FITTING
-    FITTING = args.fitting
-
-    overrides = {
+    overrides: dict[str, Any] = {"fitting": args.fitting}
+    overrides |= {
         name: value
         for name, value in (
             ("initial_fit_epochs", args.initial_fit_epochs),
@@ -140,8 +135,17 @@ def main() -> None:
     for repeat in range(args.repeats):
         for preferences, results in ((False, plain), (True, prefs)):
             results.append(
-                run(args.env, args.steps, args.n_envs, repeat, preferences, args.labels, args.subproc,
-                    args.per_env, overrides)
+                run(
+                    args.env,
+                    args.steps,
+                    args.n_envs,
+                    repeat,
+                    preferences,
+                    args.labels,
+                    args.subproc,
+                    args.per_env,
+                    overrides,
+                )
             )
         plain_s, prefs_s = plain[-1]["seconds"], prefs[-1]["seconds"]
         print(f"repeat {repeat}: plain {plain_s:.1f} s, gym_prefs {prefs_s:.1f} s", flush=True)
@@ -164,9 +168,7 @@ def main() -> None:
     for name, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"  {name:16s} {seconds:7.2f}  ({100 * seconds / prefs_s:.1f}% of the run)")
     if args.json:
-        with open(args.json, "w") as handle:
-            results = {"args": vars(args), "plain": plain, "gym_prefs": prefs, "ratio": prefs_s / plain_s}
-            json.dump(results, handle, indent=2)
+        write_json({"args": vars(args), "plain": plain, "gym_prefs": prefs, "ratio": prefs_s / plain_s}, args.json)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from common import report
 
-from gym_prefs import Answer, PreferenceStore
+from gym_prefs import Answer, PreferenceStore, SegmentPairs
 
 
 def mujoco_steps(count: int, rng: np.random.Generator) -> tuple[gym.Space, gym.Space, int, np.ndarray, np.ndarray]:
@@ -83,7 +83,7 @@ def main() -> None:
         count = min(args.batch, args.labels - added)
         starts = rng.integers(0, len(observations) - length, size=(count, 2))
         index = starts[..., None] + np.arange(length)
-        pairs = {"obs": observations[index], "actions": actions[index], "true_rewards": rewards[index]}
+        pairs = SegmentPairs(observations[index], actions[index], rewards[index])
         start = time.perf_counter()
         ids = store.add_queries(pairs, source="benchmark")
         store.record_answers([Answer(i, "first" if i % 2 else "second", "benchmark") for i in ids])

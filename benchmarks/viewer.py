@@ -64,15 +64,15 @@ def main() -> None:
         while viewer.answers_given < args.pairs:
             while viewer.current is None:
                 viewer.step()
-            start, frames = time.perf_counter(), len(viewer.frame_times)
+            start, frames = time.perf_counter(), viewer.frames_drawn
             while time.perf_counter() - start < args.think:
                 viewer.step()
-            playing_fps.append((len(viewer.frame_times) - frames) / (time.perf_counter() - start))
+            playing_fps.append((viewer.frames_drawn - frames) / (time.perf_counter() - start))
             pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_LEFT))
             before = viewer.answers_given
             while viewer.answers_given == before:
                 viewer.step()
-        latencies = viewer.latencies
+        latencies = list(viewer.latencies)  # the latest 1,000 (every answer, up to 1,000 pairs)
         result = {
             "pairs": args.pairs,
             "think_s": args.think,

@@ -33,14 +33,13 @@ venv = make_atari_env(ENV_ID, n_envs=2 if SMOKE else 16, seed=0)
 # A2C: n_steps 5, learning rate 7e-4 decaying linearly, entropy 0.01, gamma 0.99.
 model = A2C("CnnPolicy", venv, seed=0, **preset.algo_kwargs)
 
-settings = dict(preset.callback_kwargs)  # 25-step clips, 500 labels + 200 epochs before RL, ...
+config = preset.config  # 25-step clips, 500 labels + 200 epochs before RL, ...
 if SMOKE:
-    settings.update(initial_fit_epochs=3, segment_length=10)
+    config = config.replace(initial_fit_epochs=3, segment_length=10)
 callback = gym_prefs.PreferenceCallback(
-    "oracle", total_labels=LABELS, store=f"runs/{GAME}-a2c/preferences.db", seed=0, verbose=1, **settings
+    "oracle", config=config, store=f"runs/{GAME}-a2c/preferences.db", seed=0, verbose=1
 )
 model.learn(STEPS, callback=callback, progress_bar=not SMOKE)
-callback.close()
 model.save(f"runs/{GAME}-a2c/agent.zip")
 callback.reward_model.save(f"runs/{GAME}-a2c/reward_model.pt")
 

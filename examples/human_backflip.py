@@ -39,6 +39,5 @@ callback = gym_prefs.PreferenceCallback(
 )
 model = TRPO("MlpPolicy", env, gamma=0.995, gae_lambda=0.97, n_steps=256 if SMOKE else 2048, seed=0)
 model.learn(1_024 if SMOKE else 1_000_000, callback=callback)
-callback.close()
 model.save("runs/hopper-backflip/agent.zip")
 print(f"{callback.num_labels} labels given; {callback.num_queries} asked")

@@ -36,16 +36,13 @@ model = TRPO("MlpPolicy", venv, gamma=0.995, gae_lambda=0.97, n_steps=256 if SMO
 #    centred on +1 where an episode ends when the robot falls (Hopper, Walker2d, ...).
 callback = gym_prefs.PreferenceCallback(
     "oracle",
+    config=preset.config,
     total_labels=LABELS,
-    segment_length=preset.callback_kwargs["segment_length"],
-    initial_label_fraction=0.25,
-    reward_model=preset.callback_kwargs["reward_model"],
     store=f"runs/{ENV_ID}-trpo/preferences.db",
     seed=SEED,
     verbose=1,
 )
 model.learn(STEPS, callback=callback, progress_bar=not SMOKE)
-callback.close()
 
 # 4. Scored on the standard env (terminations included), on the true reward.
 score, _ = evaluate_policy(model, make_vec_env(ENV_ID, n_envs=1, seed=SEED + 1), n_eval_episodes=2 if SMOKE else 10)

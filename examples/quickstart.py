@@ -41,8 +41,8 @@ model = PPO(
 
 # 3. The callback asks a synthetic oracle to compare clips and fits the reward model.
 callback = gym_prefs.PreferenceCallback(
-    "oracle",               # or a gym_prefs.SyntheticOracle(mistake_rate=0.1, ...) for a noisier teacher
-    total_labels=LABELS,    # the label budget; 25% are asked before RL starts
+    "oracle",  # or a gym_prefs.SyntheticOracle(mistake_rate=0.1, ...) for a noisier teacher
+    total_labels=LABELS,  # the label budget; 25% are asked before RL starts
     selection="disagreement",
     seed=SEED,
     verbose=1,
@@ -56,10 +56,13 @@ after, _ = evaluate_policy(model, eval_env, n_eval_episodes=10, deterministic=Tr
 print(f"true return before: {before:.0f}, after: {after:.0f} ({callback.num_labels} labels)")
 print("where the time went:", {k: round(v, 2) for k, v in callback.time_breakdown().items()})
 callback.reward_model.save("pendulum_reward_model.pt")
-callback.close()
 
 # The learned reward is a RewardEnsemble you can query like any function of (obs, action).
 upright, hanging = np.array([[1.0, 0.0, 0.0]]), np.array([[-1.0, 0.0, 0.0]])
 no_torque = np.zeros((1, 1))
-print("r̂(upright) =", callback.reward_model.predict(upright, no_torque)[0],
-      " r̂(hanging) =", callback.reward_model.predict(hanging, no_torque)[0])
+print(
+    "r̂(upright) =",
+    callback.reward_model.predict(upright, no_torque)[0],
+    " r̂(hanging) =",
+    callback.reward_model.predict(hanging, no_torque)[0],
+)

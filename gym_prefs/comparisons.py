@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from gym_prefs.records import LabelledPairs, SegmentPairs
 from gym_prefs.spaces import shape_of
 
 __all__ = ["Comparisons"]
@@ -35,7 +36,8 @@ class Comparisons:
 
     Example:
         >>> data = Comparisons(spaces.Box(-1, 1, (2,)), spaces.Discrete(3), segment_length=5)
-        >>> data.add(np.zeros((1, 2, 5, 2)), np.zeros((1, 2, 5), dtype=np.int64), np.array([1.0]))
+        >>> pairs = SegmentPairs(np.zeros((1, 2, 5, 2)), np.zeros((1, 2, 5), dtype=np.int64))
+        >>> data.add(pairs, mu=np.array([1.0]))
         >>> len(data)
         1
     """
@@ -81,9 +83,12 @@ class Comparisons:
     def ids(self) -> np.ndarray:
         return self._ids[self._start : self._end]
 
-    def add(self, obs: np.ndarray, actions: np.ndarray, mu: np.ndarray, ids: np.ndarray | None = None) -> None:
-        """Append pairs: ``obs`` ``[n, 2, length, ...]``, ``actions`` likewise, ``mu`` ``[n]``."""
+    def add(self, pairs: SegmentPairs, mu: np.ndarray, ids: np.ndarray | None = None) -> None:
+        """Append labelled pairs: their segments, ``mu`` ``[n]`` and ids (default: the next ones)."""
         count = len(mu)
+        if len(pairs) != count:
+            raise ValueError(f"{len(pairs)} pairs but {count} labels")
+        obs, actions = pairs.obs, pairs.actions
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + count)
         self._next_id = max(self._next_id, int(np.max(ids, initial=-1)) + 1)
@@ -96,6 +101,10 @@ class Comparisons:
         self._end = end
         if self.max_size is not None and len(self) > self.max_size:
             self._start = self._end - self.max_size
+
+    def add_labelled(self, labelled: LabelledPairs) -> None:
+        """Append what the store gave back (its query ids become the row ids)."""
+        self.add(labelled.pairs, labelled.mu, labelled.query_ids)
 
     def _reserve(self, count: int) -> None:
         """Make room for ``count`` more rows after the last one (in new arrays if needed)."""

@@ -81,12 +81,13 @@ class RewardTrainer:
 
     Example:
         >>> from gymnasium import spaces
+        >>> from gym_prefs.records import SegmentPairs
         >>> model = RewardEnsemble(spaces.Box(-1, 1, (1,)), spaces.Discrete(2), seed=0)
         >>> data = Comparisons(model.observation_space, model.action_space, segment_length=4)
         >>> rng = np.random.default_rng(0)
         >>> obs = rng.uniform(-1, 1, (256, 2, 4, 1)).astype(np.float32)
         >>> first_better = obs[:, 0].sum((1, 2)) > obs[:, 1].sum((1, 2))
-        >>> data.add(obs, np.zeros((256, 2, 4), dtype=np.int64), first_better.astype(np.float32))
+        >>> data.add(SegmentPairs(obs, np.zeros((256, 2, 4), dtype=np.int64)), first_better.astype(np.float32))
         >>> report = RewardTrainer(model, seed=0).fit(data, epochs=30)
         >>> report.accuracy > 0.9
         True

@@ -42,10 +42,10 @@ def fit_from_store(
         >>> import tempfile
         >>> import numpy as np
         >>> from gymnasium import spaces
-        >>> from gym_prefs.sources import Answer
+        >>> from gym_prefs.records import Answer, SegmentPairs
         >>> store = PreferenceStore(tempfile.mkdtemp() + "/p.db", spaces.Box(-1, 1, (1,)), spaces.Discrete(2), 3)
         >>> obs = np.random.default_rng(0).uniform(-1, 1, (40, 2, 3, 1))
-        >>> ids = store.add_queries({"obs": obs, "actions": np.zeros((40, 2, 3), int)}, source="import")
+        >>> ids = store.add_queries(SegmentPairs(obs, np.zeros((40, 2, 3), int)), source="import")
         >>> better = obs[:, 0].sum((1, 2)) > obs[:, 1].sum((1, 2))
         >>> _ = store.record_answers([Answer(i, "first" if b else "second") for i, b in zip(ids, better)])
         >>> model, report = fit_from_store(store, epochs=50)
@@ -57,7 +57,7 @@ def fit_from_store(
         raise ValueError(f"the store {store.path} holds no labels to fit to")
     model = RewardEnsemble(store.observation_space, store.action_space, seed=seed, **model_kwargs)
     data = Comparisons(store.observation_space, store.action_space, store.segment_length)
-    data.add(pairs.obs, pairs.actions, pairs.mu, pairs.query_ids)
+    data.add_labelled(pairs)
     trainer = RewardTrainer(model, lr=learning_rate, batch_size=batch_size, seed=seed)
     report = trainer.fit(data, epochs)
     return model, report

@@ -27,6 +27,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from gym_prefs.config import PreferenceConfig
 from gym_prefs.segments import SEGMENT_SECONDS, segment_steps
 
 __all__ = [
@@ -90,7 +91,8 @@ class Preset:
         env_kwargs: passed to ``gym.make``.
         algo: the algorithm (``"trpo"``, ``"ppo"``, ...).
         algo_kwargs: passed to the algorithm's constructor.
-        callback_kwargs: passed to :class:`~gym_prefs.PreferenceCallback`.
+        config: the :class:`~gym_prefs.PreferenceConfig` for
+            ``PreferenceCallback(source, config=preset.config)``.
         notes: what the preset changed, for the user to read.
         policy: the SB3 policy (``"CnnPolicy"`` for Atari frames).
         n_envs: parallel envs (``None``: the caller's choice).
@@ -105,7 +107,7 @@ class Preset:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     algo: str = "ppo"
     algo_kwargs: dict[str, Any] = field(default_factory=dict)
-    callback_kwargs: dict[str, Any] = field(default_factory=dict)
+    config: PreferenceConfig = field(default_factory=PreferenceConfig)
     notes: list[str] = field(default_factory=list)
     policy: str = "MlpPolicy"
     n_envs: int | None = None
@@ -142,9 +144,9 @@ def mujoco_preset(env_id: str, remove_termination: bool = False) -> Preset:
 
     Example:
         >>> preset = mujoco_preset("Hopper-v5")
-        >>> preset.env_kwargs, preset.algo, preset.callback_kwargs["segment_length"]
+        >>> preset.env_kwargs, preset.algo, preset.config.segment_length
         ({}, 'trpo', 60)
-        >>> preset.callback_kwargs["reward_model"]["reward_mean"]
+        >>> preset.config.reward_model["reward_mean"]
         1.0
         >>> mujoco_preset("Hopper-v5", remove_termination=True).env_kwargs
         {'terminate_when_unhealthy': False}
@@ -182,11 +184,7 @@ def mujoco_preset(env_id: str, remove_termination: bool = False) -> Preset:
         env_kwargs=env_kwargs,
         algo="trpo",
         algo_kwargs={"gamma": 0.995, "gae_lambda": 0.97},
-        callback_kwargs={
-            "segment_length": segment,
-            "initial_label_fraction": 0.25,
-            "reward_model": reward_model,
-        },
+        config=PreferenceConfig(segment_length=segment, initial_label_fraction=0.25, reward_model=reward_model),
         notes=notes,
     )
 
@@ -212,9 +210,9 @@ def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
 
     Example:
         >>> preset = atari_preset("ALE/Pong-v5", total_labels=3300)
-        >>> settings = preset.callback_kwargs
-        >>> preset.algo, settings["segment_length"], settings["reward_model"]["image_mask_rows"]
-        ('a2c', 25, [(0, 10)])
+        >>> config = preset.config
+        >>> preset.algo, config.total_labels, config.segment_length, config.reward_model["image_mask_rows"]
+        ('a2c', 3300, 25, [(0, 10)])
     """
     from gym_prefs.atari import SCORE_ROWS, atari_game, mask_rows_for
 
@@ -232,20 +230,16 @@ def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
         name="atari",
         algo="a2c",
         algo_kwargs={"n_steps": 5, "learning_rate": _linear(7e-4), "ent_coef": 0.01, "gamma": 0.99},
-        callback_kwargs={
-            "segment_length": 25,
-            "initial_label_fraction": initial / total_labels if total_labels else 0.0,
-            "initial_fit_epochs": 200,
-            "max_comparisons": 3000,
+        config=PreferenceConfig(
+            total_labels=total_labels,
+            segment_length=25,
+            initial_label_fraction=initial / total_labels if total_labels else 0.0,
+            initial_fit_epochs=200,
+            max_comparisons=3000,
             # 16 pairs of 2 x 25 stacked frames per member keep a fit step near 250 MB.
-            "batch_size": 16,
-            "reward_model": {
-                "n_members": 3,
-                "reward_std": 0.05,
-                "dropout": 0.5,
-                "image_mask_rows": mask_rows_for(game),
-            },
-        },
+            batch_size=16,
+            reward_model={"n_members": 3, "reward_std": 0.05, "dropout": 0.5, "image_mask_rows": mask_rows_for(game)},
+        ),
         notes=notes,
         policy="CnnPolicy",
         n_envs=16,
@@ -277,9 +271,12 @@ def preset_for(env_id: str, name: str = "auto", algo: str | None = None, total_l
         return preset
     if name == "mujoco" or (name == "auto" and is_mujoco(env_id)):
         preset = mujoco_preset(env_id)
+        preset.config = preset.config.replace(total_labels=total_labels)
         if algo is not None and algo != preset.algo:
             # The paper's discount and GAE settings belong to TRPO; other algorithms keep theirs.
             preset.algo, preset.algo_kwargs = algo, algorithm_kwargs(env_id, algo)
         return preset
     chosen = algo or "ppo"
-    return Preset(name="none", algo=chosen, algo_kwargs=algorithm_kwargs(env_id, chosen))
+    return Preset(
+        name="none", algo=chosen, algo_kwargs=algorithm_kwargs(env_id, chosen), config=PreferenceConfig(total_labels)
+    )

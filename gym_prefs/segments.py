@@ -14,9 +14,11 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from gym_prefs.records import Segment, SegmentPairs
 from gym_prefs.spaces import shape_of
 
 __all__ = [
+    "DEFAULT_SEGMENT_LENGTH",
     "MAX_SEGMENT_STEPS",
     "SEGMENT_SECONDS",
     "Segment",
@@ -28,34 +30,6 @@ __all__ = [
     "space_bytes",
     "steps_for_bytes",
 ]
-
-
-@dataclass
-class Segment:
-    """A clip of consecutive steps from one episode: what a labeler compares.
-
-    Attributes:
-        obs: observations ``[length, *obs_shape]``, the ones each action was taken on.
-        actions: actions ``[length, *action_shape]``.
-        true_rewards: the env's own rewards ``[length]``.
-
-    Example:
-        >>> segment = Segment(np.zeros((3, 2)), np.zeros((3, 1)), np.array([1.0, 0.5, 0.5]))
-        >>> len(segment), segment.true_return
-        (3, 2.0)
-    """
-
-    obs: np.ndarray
-    actions: np.ndarray
-    true_rewards: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.true_rewards)
-
-    @property
-    def true_return(self) -> float:
-        """Undiscounted sum of the env's rewards over the segment."""
-        return float(self.true_rewards.sum())
 
 
 @dataclass
@@ -98,6 +72,8 @@ def space_bytes(space: spaces.Space[Any]) -> int:
     return int(np.prod(shape_of(space), dtype=np.int64)) * np.dtype(space.dtype).itemsize
 
 
+#: Segment length when the env does not say how long a step takes (the paper's Atari clips).
+DEFAULT_SEGMENT_LENGTH = 25
 #: Segment duration in seconds of simulated time (the paper's MuJoCo clips) ...
 SEGMENT_SECONDS = 1.5
 #: ... and the paper's longest segment in steps: Gymnasium's Hopper and Walker2d step every
@@ -357,6 +333,13 @@ class SegmentPool:
         data = self._ring.data
         names = ["obs", "actions", "true_rewards"] + (["clips"] if self.clip_spec is not None else [])
         return {name: data[name][places.positions, rows] for name in names}
+
+    def cut_pairs(self, places: SegmentPlaces) -> SegmentPairs:
+        """The segments at ``places`` paired in order (places 0 and 1, 2 and 3, ...)."""
+        if len(places) % 2:
+            raise ValueError(f"an even number of places makes pairs, got {len(places)}")
+        segments = {name: array.reshape(-1, 2, *array.shape[1:]) for name, array in self.cut(places).items()}
+        return SegmentPairs(**segments)
 
     def recent(self, count: int) -> dict[str, np.ndarray]:
         """The most recent ``count`` steps in all (split evenly over the envs), flattened."""

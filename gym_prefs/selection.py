@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gym_prefs.records import SegmentPairs
 from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.segments import SegmentPool, space_bytes
 
@@ -21,7 +22,7 @@ def pair_disagreement(
 
     The ``pairs x 2 x length`` frames go through the ensemble in batches of
     ``batch_size`` rows, by default :attr:`RewardEnsemble.inference_batch_rows` (a fixed
-    memory budget, :data:`~gym_prefs.reward_model.INFERENCE_BATCH_BYTES`): with image
+    memory budget, :data:`~gym_prefs.batched_inference.INFERENCE_BATCH_BYTES`): with image
     observations the float inputs and activations of all candidates at once would take
     gigabytes.
 
@@ -50,7 +51,7 @@ def select_pairs(
     method: str,
     rng: np.random.Generator,
     candidates_factor: int = 10,
-) -> dict[str, np.ndarray]:
+) -> SegmentPairs:
     """Pick ``count`` pairs of segments from ``pool``.
 
     ``"random"`` takes random pairs. ``"disagreement"`` (the paper's default) samples
@@ -58,7 +59,7 @@ def select_pairs(
     ensemble members disagree most; it falls back to random pairs until the model is fitted.
 
     Returns:
-        ``obs``, ``actions``, ``true_rewards`` with leading ``[count, 2, length]``.
+        The pairs, with true rewards (and clips, when the pool records them).
     """
     if method not in SELECTION_METHODS:
         raise ValueError(f"query selection must be one of {SELECTION_METHODS}, got {method!r}")
@@ -74,15 +75,9 @@ def select_pairs(
         chunk = max(1, CANDIDATE_BYTES // (2 * length * step_bytes))
         scores = []
         for start in range(0, candidates, chunk):
-            segments = pool.cut(places[2 * start : 2 * (start + chunk)])
-            scores.append(pair_disagreement(model, _as_pairs(segments["obs"]), _as_pairs(segments["actions"])))
+            pairs = pool.cut_pairs(places[2 * start : 2 * (start + chunk)])
+            scores.append(pair_disagreement(model, pairs.obs, pairs.actions))
         variance = np.concatenate(scores)
         keep = np.argsort(-variance, kind="stable")[:count]
         places = places[np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)]
-    return {name: _as_pairs(array) for name, array in pool.cut(places).items()}
-
-
-def _as_pairs(segments: np.ndarray) -> np.ndarray:
-    """Consecutive segments as pairs: ``[2 * pairs, ...]`` to ``[pairs, 2, ...]``."""
-    return segments.reshape(-1, 2, *segments.shape[1:])
-
+    return pool.cut_pairs(places)

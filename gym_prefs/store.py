@@ -24,97 +24,46 @@ for labels. What it promises:
   labelling windows (:mod:`gym_prefs.viewer`) on the same machine may open it at any time, also
   while a run writes to it.
 
-This module holds the store's tables and what is read from and written to them. The store's file
-on disk (inspecting a path before opening it, creating a store atomically, connecting) is
-:mod:`gym_prefs.store_files`; the run lock is :mod:`gym_prefs.run_lock`; the errors are
-:mod:`gym_prefs.store_errors`, re-exported here.
+This module holds the store object, what the rest of gym_prefs uses. The parts behind it have a
+module each: opening a store (:mod:`gym_prefs.store_open`), its file on disk (inspecting a path
+before opening it, connecting: :mod:`gym_prefs.store_files`), creating one atomically
+(:mod:`gym_prefs.store_create`), the SQL of its tables (:mod:`gym_prefs.store_tables`), records
+to rows and back (:mod:`gym_prefs.store_codec`), the run lock (:mod:`gym_prefs.run_lock`) and the
+errors (:mod:`gym_prefs.store_errors`, re-exported here). Exporting labels to a portable file and
+importing them is :mod:`gym_prefs.datasets`.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import operator
 import os
 import sqlite3
-import time
-import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
+from gym_prefs.records import SKIP, Answer, LabelledPairs, Query, SegmentPairs
 from gym_prefs.run_lock import RunLock
-from gym_prefs.segments import Segment
-from gym_prefs.sources.base import LABELS, PREFERENCE_OF, Answer, Label, Query
-from gym_prefs.spaces import space_from_config, space_to_config, spaces_match
+from gym_prefs.store_codec import AnswerRows, labelled_pairs_of_rows
 from gym_prefs.store_errors import StoreBusyError, StoreError
-from gym_prefs.store_files import (
-    SCHEMA_VERSION,
-    VACANT_WHAT,
-    connect_readonly,
-    connect_writable,
-    create_store_file,
-    damaged_message,
-    inspect_path,
-    new_store_meta,
-    read_meta_untouched,
-    remove_stale_creations,
-    unreadable_message,
-    unwritable_message,
+from gym_prefs.store_files import SCHEMA_VERSION
+from gym_prefs.store_open import open_store
+from gym_prefs.store_tables import (
+    insert_answers,
+    insert_queries,
+    select_answers,
+    select_answers_after,
+    select_clips,
+    select_labelled_rows,
+    select_pending,
+    select_segment,
+    transaction,
 )
 
 __all__ = ["SCHEMA_VERSION", "LabelledPairs", "PreferenceStore", "StoreBusyError", "StoreError"]
-
-#: How often opening retries when other processes keep creating or replacing the file meanwhile.
-_OPEN_ATTEMPTS = 10
-
-
-def pack_array(array: np.ndarray) -> bytes:
-    """An array as compressed ``.npy`` bytes (dtype and shape included)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return zlib.compress(buffer.getvalue(), 1)
-
-
-def unpack_array(data: bytes) -> np.ndarray:
-    """Inverse of :func:`pack_array`."""
-    array: np.ndarray = np.load(io.BytesIO(zlib.decompress(data)), allow_pickle=False)
-    return array
-
-
-@dataclass
-class LabelledPairs:
-    """Labelled pairs read from a store, as arrays ready for fitting.
-
-    Attributes:
-        obs: ``[pairs, 2, length, *obs_shape]``.
-        actions: ``[pairs, 2, length, *action_shape]``.
-        mu: probability that the first segment is preferred, ``[pairs]``.
-        query_ids: the store's query ids, ``[pairs]``.
-        true_rewards: ``[pairs, 2, length]`` (NaN where unknown).
-        labels: the answers, ``[pairs]`` strings.
-
-    Example:
-        >>> pairs = LabelledPairs(np.zeros((1, 2, 3, 1)), np.zeros((1, 2, 3)), np.ones(1), np.array([7]),
-        ...                       np.zeros((1, 2, 3)), np.array(["first"]))
-        >>> len(pairs)
-        1
-    """
-
-    obs: np.ndarray
-    actions: np.ndarray
-    mu: np.ndarray
-    query_ids: np.ndarray
-    true_rewards: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.mu)
 
 
 class PreferenceStore:
@@ -160,7 +109,7 @@ class PreferenceStore:
         >>> path = os.path.join(tempfile.mkdtemp(), "prefs.db")
         >>> store = PreferenceStore(path, spaces.Box(-1, 1, (3,)), spaces.Discrete(2), segment_length=4)
         >>> store.lock_for_run()  # this process is the one training run on this store
-        >>> pairs = {"obs": np.zeros((2, 2, 4, 3)), "actions": np.zeros((2, 2, 4), int)}
+        >>> pairs = SegmentPairs(np.zeros((2, 2, 4, 3)), np.zeros((2, 2, 4), int))
         >>> ids = store.add_queries(pairs, source="oracle")
         >>> _ = store.record_answers([Answer(ids[0], "first", "oracle"), Answer(ids[1], "skip", "oracle")])
         >>> len(store), store.counts()["skipped"], store.check()  # both answers are on disk now
@@ -184,71 +133,13 @@ class PreferenceStore:
         self._readonly = readonly
         self._closed = False
         self._run_lock = RunLock(self.path)
-        # Arguments first: a call that fails on them must not leave a file or folder behind.
-        if segment_length is not None:
-            segment_length = _positive_int(segment_length, "segment_length")
-        if readonly:
-            meta = read_meta_untouched(self.path)
-        else:
-            if self.path.is_file() and not os.access(self.path, os.W_OK):
-                # Before reading it too: in a writable folder, even SQLite's read-only reading would
-                # leave -wal and -shm files of this user behind.
-                raise StoreError(unwritable_message(self.path, "this user may not write to the file"))
-            meta = self._open_or_create(observation_space, action_space, segment_length, env_id)
-        self._check_compatible(
-            space_from_config(json.loads(meta["observation_space"])),
-            space_from_config(json.loads(meta["action_space"])),
-            int(meta["segment_length"]),
-            meta.get("env_id") or None,
-            observation_space,
-            action_space,
-            segment_length,
+        self._connection, self._spec = open_store(
+            self.path, readonly, observation_space, action_space, segment_length, env_id
         )
-        if readonly:
-            try:
-                self._connection = connect_readonly(self.path)
-            except sqlite3.Error as error:
-                raise StoreError(unreadable_message(self.path, error)) from error
-        else:
-            self._connection = connect_writable(self.path)
-            # A creation killed after publishing its store, before removing its temporary file.
-            remove_stale_creations(self.path.parent)
-        try:
-            meta = dict(self._connection.execute("SELECT key, value FROM meta").fetchall())
-        except sqlite3.DatabaseError as error:
-            self._connection.close()
-            raise StoreError(damaged_message(self.path, error)) from error
-        self.observation_space = space_from_config(json.loads(meta["observation_space"]))
-        self.action_space = space_from_config(json.loads(meta["action_space"]))
-        self.segment_length = int(meta["segment_length"])
-        self.env_id = meta.get("env_id") or None
-
-    # ------------------------------------------------------------------ opening
-    def _open_or_create(
-        self,
-        observation_space: spaces.Space[Any] | None,
-        action_space: spaces.Space[Any] | None,
-        segment_length: int | None,
-        env_id: str | None,
-    ) -> dict[str, str]:
-        """The meta of the store at :attr:`path`, created first (atomically) if there is none."""
-        for _ in range(_OPEN_ATTEMPTS):
-            found = inspect_path(self.path)
-            if isinstance(found, dict):
-                return found
-            if observation_space is None or action_space is None or segment_length is None:
-                message = (
-                    "creating a preference store needs observation_space, action_space and segment_length"
-                    f" (there is {'no file' if found == 'absent' else VACANT_WHAT} at {self.path})"
-                )
-                raise ValueError(message) if found == "absent" else StoreError(message)
-            new_meta = new_store_meta(observation_space, action_space, segment_length, env_id)
-            create_store_file(self.path, new_meta, replace_vacant=found == "vacant")
-            # Whether this process or a concurrent one published the store, open what is there now.
-        raise StoreError(
-            f"could not open or create a preference store at {self.path}: other processes kept creating "
-            "or replacing the file meanwhile. Try again, or pass another path."
-        )
+        self.observation_space = self._spec.observation_space
+        self.action_space = self._spec.action_space
+        self.segment_length = self._spec.segment_length
+        self.env_id = self._spec.env_id
 
     def lock_for_run(self) -> None:
         """Make this process the one training run on this store, until :meth:`close`.
@@ -277,110 +168,32 @@ class PreferenceStore:
         self, observation_space: spaces.Space[Any], action_space: spaces.Space[Any], segment_length: int
     ) -> None:
         """Raise :class:`StoreError` unless this store was made for these spaces and segment length."""
-        self._check_compatible(
-            self.observation_space,
-            self.action_space,
-            self.segment_length,
-            self.env_id,
-            observation_space,
-            action_space,
-            segment_length,
-        )
-
-    def _check_compatible(
-        self,
-        stored_obs: spaces.Space[Any],
-        stored_act: spaces.Space[Any],
-        stored_length: int,
-        env_id: str | None,
-        observation_space: spaces.Space[Any] | None,
-        action_space: spaces.Space[Any] | None,
-        segment_length: int | None,
-    ) -> None:
-        mismatch = []
-        if observation_space is not None and not spaces_match(stored_obs, observation_space):
-            mismatch.append(f"observations {stored_obs} (this env: {observation_space})")
-        if action_space is not None and not spaces_match(stored_act, action_space):
-            mismatch.append(f"actions {stored_act} (this env: {action_space})")
-        if segment_length is not None and stored_length != segment_length:
-            mismatch.append(f"segments of {stored_length} steps (this run: {segment_length})")
-        if mismatch:
-            made_for = f" for {env_id}" if env_id else ""
-            raise StoreError(
-                f"the preference store {self.path} was made{made_for} with "
-                + "; ".join(mismatch)
-                + ". Use another store path for this env, or export the labels you need."
-            )
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Cursor]:
-        """A write transaction: committed if the block completes, else rolled back (nothing written).
-
-        Raises:
-            StoreError: the disk is full (SQLite's ``SQLITE_FULL``); nothing of the transaction
-                was written.
-        """
-        cursor = self._connection.cursor()
-        try:
-            cursor.execute("BEGIN IMMEDIATE")
-            try:
-                yield cursor
-                cursor.execute("COMMIT")
-            except BaseException:
-                # SQLite rolls some failures back itself (a full disk may be one of them).
-                if self._connection.in_transaction:
-                    cursor.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as error:
-            if not _is_disk_full(error):
-                raise
-            raise StoreError(
-                f"the disk holding the preference store {self.path} is full: nothing of this transaction was "
-                "written, every label committed before is kept; free space and start the run again on the same "
-                "store."
-            ) from error
-        finally:
-            cursor.close()
+        self._spec.check(self.path, observation_space, action_space, segment_length)
 
     # ------------------------------------------------------------------ writing
-    def add_queries(self, pairs: dict[str, np.ndarray], source: str, timestep: int | None = None) -> list[int]:
+    def add_queries(self, pairs: SegmentPairs, source: str, timestep: int | None = None) -> list[int]:
         """Store pairs of segments as pending queries, in one transaction.
 
         Args:
-            pairs: ``obs`` and ``actions`` with leading ``[pairs, 2, length]``, optionally
-                ``true_rewards`` ``[pairs, 2, length]`` and ``clips`` (what a viewer shows,
-                see :mod:`gym_prefs.clips`) ``[pairs, 2, length, ...]``.
+            pairs: the segments; their ``true_rewards`` and ``clips`` (what a viewer shows, see
+                :mod:`gym_prefs.clips`) are stored too when given.
             source: who will be asked (``"oracle"``, ``"human"``, ...).
             timestep: the training timestep when asked.
 
         Returns:
             The new query ids.
+
+        Raises:
+            TypeError: ``pairs`` is not a :class:`~gym_prefs.records.SegmentPairs`.
+            StoreError: the disk is full (nothing of the batch is written).
         """
-        obs, actions = pairs["obs"], pairs["actions"]
-        true_rewards = pairs.get("true_rewards")
-        clips = pairs.get("clips")
-        now = time.time()
-        ids = []
-        with self._transaction() as cursor:
-            for i in range(len(obs)):
-                segment_ids = []
-                for side in (0, 1):
-                    rewards = (
-                        None if true_rewards is None else pack_array(np.asarray(true_rewards[i, side], np.float32))
-                    )
-                    clip = None if clips is None else pack_array(clips[i, side])
-                    cursor.execute(
-                        "INSERT INTO segments (length, obs, actions, true_rewards, frames) VALUES (?, ?, ?, ?, ?)",
-                        (int(obs.shape[2]), pack_array(obs[i, side]), pack_array(actions[i, side]), rewards, clip),
-                    )
-                    segment_ids.append(cursor.lastrowid)
-                cursor.execute(
-                    "INSERT INTO queries (first_segment, second_segment, source, asked_at, timestep, status) "
-                    "VALUES (?, ?, ?, ?, ?, 'pending')",
-                    (segment_ids[0], segment_ids[1], source, now, timestep),
-                )
-                ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
-        return ids
+        if not isinstance(pairs, SegmentPairs):
+            raise TypeError(
+                f"pairs must be a gym_prefs.records.SegmentPairs(obs, actions, true_rewards, clips), "
+                f"got {type(pairs).__name__}"
+            )
+        with transaction(self._connection, self.path) as cursor:
+            return insert_queries(cursor, pairs, source, timestep)
 
     def record_answers(self, answers: Sequence[Answer]) -> list[Answer]:
         """Commit answers in one transaction; returns the answers now stored for those queries.
@@ -392,7 +205,7 @@ class PreferenceStore:
 
         Raises:
             StoreError: an answer's query id is not an integer or not a query of this store, or
-                its label is not one of :data:`~gym_prefs.sources.base.LABELS`; the message names
+                its label is not one of :data:`~gym_prefs.records.LABELS`; the message names
                 them, and nothing at all is written (drop those answers and record the rest).
             PermissionError: the store was opened read-only.
         """
@@ -400,74 +213,18 @@ class PreferenceStore:
             raise PermissionError(f"the preference store {self.path} was opened read-only")
         if not answers:
             return []
-        rows: list[tuple[int, str, str, float]] = []
-        not_integers: list[object] = []
-        bad_labels: list[str] = []
-        for answer in answers:
-            try:
-                if isinstance(answer.query_id, bool):  # an int to Python, never a query id
-                    raise TypeError
-                query_id = operator.index(answer.query_id)  # NumPy integers included
-            except TypeError:
-                not_integers.append(answer.query_id)
-                continue
-            if answer.label not in LABELS:
-                bad_labels.append(f"{answer.label!r} (query {query_id})")
-            rows.append((query_id, answer.label, str(answer.labeler), float(answer.seconds)))
-        now = time.time()
-        with self._transaction() as cursor:
-            # Checked inside the write transaction, so nothing can change in between; raising
-            # here rolls it back, and nothing of the batch is written.
-            unknown = sorted({row[0] for row in rows} - self._existing_query_ids(cursor, [row[0] for row in rows]))
-            if not_integers or unknown or bad_labels:
-                problems = []
-                if not_integers:
-                    problems.append(f"query ids that are not integers: {', '.join(map(repr, not_integers))}")
-                if unknown:
-                    problems.append(f"query ids this store never asked: {', '.join(map(str, unknown))}")
-                if bad_labels:
-                    problems.append(f"labels not one of {LABELS}: {', '.join(bad_labels)}")
-                raise StoreError(
-                    f"{len(answers)} answers were not recorded in {self.path}, none of them: "
-                    + "; ".join(problems)
-                    + ". Drop those answers and record the others."
-                )
-            for query_id, label, labeler, seconds in rows:
-                cursor.execute(
-                    "INSERT OR IGNORE INTO answers (query_id, label, labeler, answered_at, seconds) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (query_id, label, labeler, now, seconds),
-                )
-                if cursor.rowcount:
-                    status = "skipped" if label == "skip" else "answered"
-                    cursor.execute("UPDATE queries SET status = ? WHERE id = ?", (status, query_id))
-        return self.answers_for([row[0] for row in rows])
-
-    @staticmethod
-    def _existing_query_ids(cursor: sqlite3.Cursor, query_ids: Sequence[int]) -> set[int]:
-        found: set[int] = set()
-        for chunk in _id_chunks(query_ids):
-            rows = cursor.execute(f"SELECT id FROM queries WHERE id IN ({', '.join('?' * len(chunk))})", chunk)
-            found.update(int(row[0]) for row in rows.fetchall())
-        return found
+        checked = AnswerRows.of(answers)
+        with transaction(self._connection, self.path) as cursor:
+            insert_answers(cursor, checked, self.path)  # all or none
+        return self.answers_for(checked.query_ids)
 
     def answers_for(self, query_ids: Sequence[int]) -> list[Answer]:
         """The stored answers to these queries (queries without one are left out), in id order."""
-        if not query_ids:
-            return []
-        found: list[Answer] = []
-        for chunk in _id_chunks(query_ids):
-            rows = self._connection.execute(
-                "SELECT query_id, label, labeler, seconds FROM answers WHERE query_id IN "
-                f"({', '.join('?' * len(chunk))}) ORDER BY query_id",
-                chunk,
-            ).fetchall()
-            found += [Answer(int(q), label, labeler, float(seconds)) for q, label, labeler, seconds in rows]
-        return found
+        return select_answers(self._connection, query_ids)
 
     def set_meta(self, key: str, value: str) -> None:
         """Record a piece of run information (clip format, label budget, instruction, ...)."""
-        with self._transaction() as cursor:
+        with transaction(self._connection, self.path) as cursor:
             cursor.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def get_meta(self, key: str) -> str | None:
@@ -477,7 +234,7 @@ class PreferenceStore:
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
-        row = self._connection.execute("SELECT COUNT(*) FROM answers WHERE label != 'skip'").fetchone()
+        row = self._connection.execute("SELECT COUNT(*) FROM answers WHERE label != ?", (SKIP,)).fetchone()
         return int(row[0])
 
     def counts(self) -> dict[str, int]:
@@ -487,79 +244,28 @@ class PreferenceStore:
         counts["queries"] = sum(counts[s] for s in ("pending", "answered", "skipped"))
         return counts
 
-    def _segment(self, segment_id: int) -> Segment:
-        row = self._connection.execute(
-            "SELECT obs, actions, true_rewards, frames FROM segments WHERE id = ?", (segment_id,)
-        ).fetchone()
-        obs, actions = unpack_array(row[0]), unpack_array(row[1])
-        rewards = unpack_array(row[2]) if row[2] is not None else np.full(len(obs), np.nan, np.float32)
-        return Segment(obs, actions, rewards)
-
     def pending_ids(self, limit: int | None = None) -> list[int]:
         """Ids of the queries asked and not answered yet, oldest first."""
-        sql = "SELECT id FROM queries WHERE status = 'pending' ORDER BY id"
-        params: tuple[int, ...] = ()
-        if limit is not None:
-            sql += " LIMIT ?"
-            params = (int(limit),)
-        return [int(row[0]) for row in self._connection.execute(sql, params).fetchall()]
+        return [int(row[0]) for row in select_pending(self._connection, "id", limit)]
 
     def pending_queries(self, limit: int | None = None) -> list[Query]:
         """Queries asked and not answered yet, oldest first."""
-        sql = "SELECT id, first_segment, second_segment FROM queries WHERE status = 'pending' ORDER BY id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        rows = self._connection.execute(sql).fetchall()
-        return [Query(int(qid), self._segment(first), self._segment(second)) for qid, first, second in rows]
+        rows = select_pending(self._connection, "id, first_segment, second_segment", limit)
+        segment = partial(select_segment, self._connection)
+        return [Query(int(query_id), segment(first), segment(second)) for query_id, first, second in rows]
 
     def clips(self, query_id: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The clip data stored with a query's two segments, if any (see :mod:`gym_prefs.clips`)."""
-        rows = self._connection.execute(
-            "SELECT s.frames FROM queries q JOIN segments s ON s.id IN (q.first_segment, q.second_segment) "
-            "WHERE q.id = ? ORDER BY s.id",
-            (query_id,),
-        ).fetchall()
-        if len(rows) != 2 or rows[0][0] is None or rows[1][0] is None:
-            return None
-        return unpack_array(rows[0][0]), unpack_array(rows[1][0])
+        return select_clips(self._connection, query_id)
 
     def answers(self, since_query_id: int = -1) -> list[Answer]:
         """Stored answers with a query id above ``since_query_id``, in query order."""
-        rows = self._connection.execute(
-            "SELECT query_id, label, labeler, seconds FROM answers WHERE query_id > ? ORDER BY query_id",
-            (since_query_id,),
-        ).fetchall()
-        return [Answer(int(q), label, labeler, float(seconds)) for q, label, labeler, seconds in rows]
+        return select_answers_after(self._connection, since_query_id)
 
     def labelled_pairs(self, last: int | None = None) -> LabelledPairs:
-        """Every label (or the ``last`` ones) with its two segments, as arrays."""
-        sql = (
-            "SELECT q.id, a.label, s1.obs, s1.actions, s1.true_rewards, s2.obs, s2.actions, s2.true_rewards "
-            "FROM answers a JOIN queries q ON q.id = a.query_id "
-            "JOIN segments s1 ON s1.id = q.first_segment JOIN segments s2 ON s2.id = q.second_segment "
-            "WHERE a.label != 'skip'"
-        )
-        if last is None:
-            rows = self._connection.execute(sql + " ORDER BY q.id").fetchall()
-        else:  # the newest ``last``, read newest first and put back in order
-            rows = self._connection.execute(sql + " ORDER BY q.id DESC LIMIT ?", (max(0, last),)).fetchall()[::-1]
-        length = self.segment_length
-        obs_shape, act_shape = self.observation_space.shape or (), self.action_space.shape or ()
-        count = len(rows)
-        obs = np.empty((count, 2, length, *obs_shape), dtype=self.observation_space.dtype)
-        actions = np.empty((count, 2, length, *act_shape), dtype=self.action_space.dtype)
-        rewards = np.full((count, 2, length), np.nan, dtype=np.float32)
-        for i, row in enumerate(rows):
-            obs[i, 0], actions[i, 0] = unpack_array(row[2]), unpack_array(row[3])
-            obs[i, 1], actions[i, 1] = unpack_array(row[5]), unpack_array(row[6])
-            if row[4] is not None:
-                rewards[i, 0] = unpack_array(row[4])
-            if row[7] is not None:
-                rewards[i, 1] = unpack_array(row[7])
-        labels = np.array([row[1] for row in rows], dtype=object)
-        mu = np.array([PREFERENCE_OF[label] for label in labels], dtype=np.float32)
-        query_ids = np.array([row[0] for row in rows], dtype=np.int64)
-        return LabelledPairs(obs, actions, mu, query_ids, rewards, labels.astype(str))
+        """Every label (or the ``last`` ones) with its two segments, as arrays (true rewards NaN where unknown)."""
+        rows = select_labelled_rows(self._connection, last)
+        return labelled_pairs_of_rows(rows, self.observation_space, self.action_space, self.segment_length)
 
     def check(self) -> list[str]:
         """Check the whole file for damage (SQLite's ``PRAGMA quick_check``); ``[]`` means healthy.
@@ -576,69 +282,6 @@ class PreferenceStore:
         except sqlite3.DatabaseError as error:  # damage bad enough to stop the check: after what it found
             problems.append(str(error))
         return [] if problems == ["ok"] else problems
-
-    # ------------------------------------------------------------------ datasets
-    def export(self, path: str | os.PathLike[str]) -> int:
-        """Write every label with its segments to a portable ``.npz`` file; returns the count.
-
-        The file holds the arrays of :class:`LabelledPairs` (``obs``, ``actions``, ``mu``,
-        ``query_ids``, ``true_rewards``, ``labels``) and ``metadata``, a JSON string with the
-        spaces, the segment length, the env id and the schema version.
-        """
-        pairs = self.labelled_pairs()
-        metadata = {
-            "format": "gym_prefs.preferences",
-            "schema_version": SCHEMA_VERSION,
-            "observation_space": space_to_config(self.observation_space),
-            "action_space": space_to_config(self.action_space),
-            "segment_length": self.segment_length,
-            "env_id": self.env_id,
-            "exported_at": time.time(),
-        }
-        with open(path, "wb") as handle:
-            np.savez_compressed(
-                handle,
-                obs=pairs.obs,
-                actions=pairs.actions,
-                mu=pairs.mu,
-                query_ids=pairs.query_ids,
-                true_rewards=pairs.true_rewards,
-                labels=pairs.labels,
-                metadata=np.array(json.dumps(metadata)),
-            )
-        return len(pairs)
-
-    @staticmethod
-    def read_export(path: str | os.PathLike[str]) -> tuple[dict[str, Any], LabelledPairs]:
-        """Read a file written by :meth:`export`: its metadata and its labelled pairs."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                metadata = json.loads(str(data["metadata"]))
-                pairs = LabelledPairs(
-                    data["obs"], data["actions"], data["mu"], data["query_ids"], data["true_rewards"], data["labels"]
-                )
-        except (OSError, ValueError, KeyError) as error:
-            raise StoreError(f"{path} is not a gym_prefs preference export ({error})") from error
-        if metadata.get("format") != "gym_prefs.preferences":
-            raise StoreError(f"{path} is not a gym_prefs preference export")
-        return metadata, pairs
-
-    @classmethod
-    def import_export(cls, export_path: str | os.PathLike[str], store_path: str | os.PathLike[str]) -> PreferenceStore:
-        """Create (or extend) a store at ``store_path`` with the labels of an export file."""
-        metadata, pairs = cls.read_export(export_path)
-        store = cls(
-            store_path,
-            space_from_config(metadata["observation_space"]),
-            space_from_config(metadata["action_space"]),
-            int(metadata["segment_length"]),
-            env_id=metadata.get("env_id"),
-        )
-        arrays = {"obs": pairs.obs, "actions": pairs.actions, "true_rewards": pairs.true_rewards}
-        ids = store.add_queries(arrays, source="import")
-        labels = [cast(Label, str(label)) for label in pairs.labels]
-        store.record_answers([Answer(qid, label, "import") for qid, label in zip(ids, labels, strict=True)])
-        return store
 
     def close(self) -> None:
         """Close the connection and release the run lock (every committed label is already on disk)."""
@@ -662,28 +305,3 @@ class PreferenceStore:
     def __repr__(self) -> str:
         labels = "closed" if getattr(self, "_closed", False) else f"labels={len(self)}"
         return f"PreferenceStore({str(self.path)!r}, {labels})"
-
-
-def _positive_int(value: object, name: str) -> int:
-    try:
-        number = operator.index(cast(Any, value))
-    except TypeError:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {number}")
-    return number
-
-
-def _id_chunks(query_ids: Sequence[int]) -> Iterator[list[int]]:
-    """Distinct ids in ascending order, 500 at a time: SQLite limits the parameters of a statement."""
-    ids = sorted({int(query_id) for query_id in query_ids})
-    for start in range(0, len(ids), 500):
-        yield ids[start : start + 500]
-
-
-def _is_disk_full(error: sqlite3.OperationalError) -> bool:
-    """Whether SQLite failed because the disk (or the file system's quota) is full: ``SQLITE_FULL``."""
-    code = getattr(error, "sqlite_errorcode", None)  # Python 3.11 and newer
-    if code is not None:
-        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
-    return "database or disk is full" in str(error)

@@ -1,7 +1,8 @@
 """The errors a preference store raises (re-exported by :mod:`gym_prefs.store`).
 
-They live in a module of their own so that :mod:`gym_prefs.store`, :mod:`gym_prefs.store_files`
-and :mod:`gym_prefs.run_lock` can all raise them without importing one another.
+They live in a module of their own so that every module of the store (:mod:`gym_prefs.store`,
+its ``store_*`` modules and :mod:`gym_prefs.run_lock`) and :mod:`gym_prefs.datasets` can raise
+them without importing one another.
 """
 
 from __future__ import annotations

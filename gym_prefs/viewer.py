@@ -2,8 +2,9 @@
 
 The viewer reads pending queries from a preference store, plays the two clips of a pair side
 by side, looping in step at the env's frame rate, and writes each answer back to the store,
-committed before the next pair appears. It runs as its own program, beside training (the
-training process picks the answers up from the store) or on its own, afterwards.
+committed before the next pair appears. It runs as its own program,
+``python -m gym_prefs.viewer STORE`` (the same as ``gym-prefs label STORE``), beside training
+(the training process picks the answers up from the store) or on its own, afterwards.
 
 Keys: ``←`` left is better, ``→`` right is better, ``↑`` equally good, ``↓`` can't tell;
 ``space`` pause, ``r`` replay from the start, ``-``/``+`` slower/faster, ``esc`` close.
@@ -16,37 +17,39 @@ closes by itself when that process ends, even when it was killed.
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 
 from gym_prefs.clips import ClipInfo, ClipRenderer
 from gym_prefs.processes import process_alive
-from gym_prefs.sources.base import Answer, Label
-from gym_prefs.sources.pygame_labeler import require_pygame
-from gym_prefs.store import PreferenceStore, StoreError
+from gym_prefs.records import Answer, Label
+from gym_prefs.store import PreferenceStore
+from gym_prefs.store_errors import StoreError
+from gym_prefs.viewer_drawing import WindowPainter, require_pygame
 
 __all__ = ["KEY_LABELS", "Viewer", "main"]
 
-CLIP_BOX = 360  # each clip is scaled to fit a square of this many pixels
-MARGIN = 20
-HEADER = 64
-FOOTER = 56
-WINDOW = (2 * CLIP_BOX + 3 * MARGIN, HEADER + CLIP_BOX + 28 + FOOTER)
 SPEEDS = (0.25, 0.5, 1.0)
 #: Seconds between checks that the process named by ``exit_with`` still lives.
 EXIT_WITH_CHECK = 0.5
+#: Seconds between reads of the store's counts shown in the window (and after every answer).
+COUNTS_REFRESH = 0.5
+#: How many of the latest latencies and frame times the viewer keeps (it may run for hours).
+RECENT = 1000
 PREFETCH = 3  # pairs rendered ahead
-BACKGROUND = (24, 26, 30)
-TEXT = (230, 230, 230)
-DIM = (150, 150, 160)
+#: How ``python -m gym_prefs.viewer`` calls itself in its usage line.
+PROGRAM = "python -m gym_prefs.viewer"
 
 #: The paper's keys.
 KEY_LABELS: dict[str, Label] = {"left": "first", "right": "second", "up": "equal", "down": "skip"}
@@ -57,6 +60,33 @@ class _Pair:
     query_id: int
     left: np.ndarray  # frames [n, H, W, 3]
     right: np.ndarray
+
+
+class _Progress:
+    """The labels and pending queries of a store, read at most every ``interval`` seconds.
+
+    The window shows them in every frame; reading them from the store only a few times a
+    second (and at once after an answer, with :meth:`refresh`) keeps SQL out of the frames.
+    """
+
+    def __init__(self, store: PreferenceStore, interval: float = COUNTS_REFRESH) -> None:
+        self.store = store
+        self.interval = interval
+        self.labels = 0
+        self.pending = 0
+        self._read_at = -math.inf
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the counts now."""
+        self.pending = self.store.counts()["pending"]
+        self.labels = len(self.store)
+        self._read_at = time.monotonic()
+
+    def update(self) -> None:
+        """Read the counts if the last read is :attr:`interval` seconds old."""
+        if time.monotonic() - self._read_at >= self.interval:
+            self.refresh()
 
 
 class Viewer:
@@ -71,6 +101,13 @@ class Viewer:
         exit_with: close once the process with this id has ended (checked every
             :data:`EXIT_WITH_CHECK` seconds): the training that opened the window, so that a
             killed training leaves no window behind. Every answer is already stored.
+
+    Attributes:
+        screen: the window's surface (``pygame.image.save(viewer.screen, "window.png")``).
+        latencies: seconds from an answer to the next pair's first frame on screen, the
+            latest :data:`RECENT` of them.
+        frame_times: wall-clock time of the latest :data:`RECENT` frames drawn.
+        frames_drawn: frames drawn since the window opened (for the frame rate).
 
     Example:
         Open it on a run's store from another terminal (or let
@@ -92,6 +129,12 @@ class Viewer:
         import pygame
 
         self.pygame = pygame
+        if not Path(store_path).exists():
+            # Opening it would create an empty store: nothing for a person to label there.
+            raise FileNotFoundError(
+                f"no preference store at {store_path}: give the store of a run (the file PreferenceCallback "
+                "names when training starts; `gym-prefs train` writes OUT/preferences.db)"
+            )
         self.store = PreferenceStore(store_path)
         clips = self.store.get_meta("clips")
         if clips is None:
@@ -112,12 +155,10 @@ class Viewer:
         self._next_exit_check = time.monotonic()
         budget = self.store.get_meta("total_labels")
         self.budget = int(budget) if budget else None
+        self.progress = _Progress(self.store)
 
-        pygame.init()
-        pygame.display.set_caption("gym_prefs: which clip is better?")
-        self.screen = pygame.display.set_mode(WINDOW)
-        self.font = pygame.font.Font(None, 26)
-        self.small = pygame.font.Font(None, 21)
+        self.painter = WindowPainter(pygame, f"gym-prefs label: which clip is better? ({Path(store_path).name})")
+        self.screen = self.painter.screen
         self.clock = pygame.time.Clock()
 
         self.current: _Pair | None = None
@@ -129,10 +170,9 @@ class Viewer:
         self.speed_index = len(SPEEDS) - 1
         self.open = True
         self.answers_given = 0
-        #: Seconds from an answer to the next pair's first frame on screen.
-        self.latencies: list[float] = []
-        #: Wall-clock time of every frame drawn (for the frame rate).
-        self.frame_times: list[float] = []
+        self.latencies: deque[float] = deque(maxlen=RECENT)
+        self.frame_times: deque[float] = deque(maxlen=RECENT)
+        self.frames_drawn = 0
         self._answered_at: float | None = None
 
         # Pairs rendered ahead of time, so that the next one appears as soon as a person answers.
@@ -194,6 +234,7 @@ class Viewer:
         self.store.record_answers([Answer(self.current.query_id, label, self.labeler, seconds)])
         self.answers_given += 1
         self._answered_at = time.perf_counter()
+        self.progress.refresh()  # the person sees their answer counted in the next frame
         self._next_pair()
 
     def handle_key(self, key: int) -> None:
@@ -214,78 +255,21 @@ class Viewer:
             self.open = False
 
     # ------------------------------------------------------------------ drawing
-    def _surface(self, frame: np.ndarray) -> Any:
-        pg = self.pygame
-        surface = pg.surfarray.make_surface(np.ascontiguousarray(frame.transpose(1, 0, 2)))
-        height, width = frame.shape[:2]
-        scale = CLIP_BOX / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        # Small frames (Atari's 160x210) are scaled up with sharp pixels, large ones smoothly.
-        return pg.transform.scale(surface, size) if scale >= 1 else pg.transform.smoothscale(surface, size)
-
-    def _text(
-        self, text: str, position: tuple[int, int], font: Any = None, colour: tuple[int, int, int] = TEXT
-    ) -> None:
-        self.screen.blit((font or self.font).render(text, True, colour), position)
-
-    def _key_cap(self, direction: str, x: int, y: int) -> None:
-        """An arrow key drawn as a small cap (fonts do not all have arrow glyphs)."""
-        pg = self.pygame
-        pg.draw.rect(self.screen, DIM, (x, y, 22, 20), width=1, border_radius=4)
-        cx, cy, r = x + 11, y + 10, 5
-        points = {
-            "left": [(cx - r, cy), (cx + r, cy - r), (cx + r, cy + r)],
-            "right": [(cx + r, cy), (cx - r, cy - r), (cx - r, cy + r)],
-            "up": [(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)],
-            "down": [(cx, cy + r), (cx - r, cy - r), (cx + r, cy - r)],
-        }[direction]
-        pg.draw.polygon(self.screen, TEXT, points)
-
     def draw(self) -> None:
-        """Draw the window once."""
-        pg = self.pygame
-        self.screen.fill(BACKGROUND)
-        counts = self.store.counts()
-        labels = len(self.store)
+        """Draw the window once (from the counts last read: a frame makes no SQL query)."""
         budget = f" / {self.budget}" if self.budget else ""
-        progress = f"labels {labels}{budget}   -   waiting {counts['pending']}"
-        self._text(self.instruction or "Which clip is better?", (MARGIN, 12))
-        self._text(progress, (MARGIN, 38), self.small, DIM)
+        progress = f"labels {self.progress.labels}{budget}   -   waiting {self.progress.pending}"
         speed = SPEEDS[self.speed_index]
         state = ("paused" if self.paused else "playing") + (f" at {speed:g}x" if speed != 1 else "")
-        self._text(state, (WINDOW[0] - MARGIN - 140, 38), self.small, DIM)
-        if self.current is None:
-            self._text("waiting for the next clips…", (MARGIN, HEADER + CLIP_BOX // 2), colour=DIM)
-        else:
-            length = max(len(self.current.left), len(self.current.right))
-            index = int(self.playhead) % length
-            for column, frames in enumerate((self.current.left, self.current.right)):
-                frame = frames[min(index, len(frames) - 1)]
-                surface = self._surface(frame)
-                x = MARGIN + column * (CLIP_BOX + MARGIN) + (CLIP_BOX - surface.get_width()) // 2
-                y = HEADER + (CLIP_BOX - surface.get_height()) // 2
-                self.screen.blit(surface, (x, y))
-            self._key_cap("left", MARGIN, HEADER + CLIP_BOX + 4)
-            self._text("left", (MARGIN + 28, HEADER + CLIP_BOX + 6), self.small, DIM)
-            right_x = 2 * MARGIN + 2 * CLIP_BOX - 24
-            self._key_cap("right", right_x, HEADER + CLIP_BOX + 4)
-            self._text("right", (right_x - 40, HEADER + CLIP_BOX + 6), self.small, DIM)
-        x, y = MARGIN, WINDOW[1] - FOOTER + 4
-        for direction, meaning in (
-            ("left", "left is better"),
-            ("right", "right is better"),
-            ("up", "equally good"),
-            ("down", "can't tell"),
-        ):
-            self._key_cap(direction, x, y)
-            text = self.small.render(meaning, True, TEXT)
-            self.screen.blit(text, (x + 28, y + 2))
-            x += 28 + text.get_width() + 22
-        more = "space  pause    r  replay    -/+  slower/faster    esc  close"
-        self._text(more, (MARGIN, WINDOW[1] - FOOTER + 30), self.small, DIM)
-        pg.display.flip()
+        frames = None
+        if self.current is not None:
+            left, right = self.current.left, self.current.right
+            index = int(self.playhead) % max(len(left), len(right))
+            frames = (left[min(index, len(left) - 1)], right[min(index, len(right) - 1)])
+        self.painter.draw(self.instruction, progress, state, frames)
         now = time.perf_counter()
         self.frame_times.append(now)
+        self.frames_drawn += 1
         if self.current is not None and not self.on_screen:
             self.on_screen = True
             self.shown_at = now
@@ -309,8 +293,9 @@ class Viewer:
                 self.handle_key(event.key)
         if self.current is None:
             self._next_pair()
+        self.progress.update()
         self.draw()
-        if self.exit_when_done and self.current is None and self.store.counts()["pending"] == 0:
+        if self.exit_when_done and self.current is None and self.progress.pending == 0:
             self.open = False
         if self.exit_with is not None and time.monotonic() >= self._next_exit_check:
             self._next_exit_check = time.monotonic() + EXIT_WITH_CHECK
@@ -337,10 +322,6 @@ class Viewer:
         finally:
             self.close()
 
-    def screenshot(self, path: str | os.PathLike[str]) -> None:
-        """Save the window as a PNG."""
-        self.pygame.image.save(self.screen, str(path))
-
     def close(self) -> None:
         """Stop rendering pairs ahead, close the store and the window (answers are all stored)."""
         self._stop.set()
@@ -350,11 +331,56 @@ class Viewer:
         self.pygame.display.quit()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the viewer as its own program (the same as ``gym-prefs label``)."""
-    from gym_prefs.cli import main as cli
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Open the labelling window on a store: of a running training on this machine (a store "
+        "never lives on a network disk), or afterwards. Keys: left/right arrow = that clip is better, "
+        "up = equally good, down = can't tell, space = pause, r = replay, -/+ = slower/faster, esc = close.",
+    )
+    parser.add_argument("store", type=Path, help="the preference store (.db)")
+    parser.add_argument("--instruction", default="", help="what to teach, shown in the window")
+    parser.add_argument("--labeler", default="human", help="your name, stored with every answer")
+    parser.add_argument("--render-size", type=int, default=200, help="pixels of frames rendered from MuJoCo states")
+    parser.add_argument("--exit-when-done", action="store_true", help="close once nothing is pending")
+    parser.add_argument(
+        "--exit-with",
+        type=int,
+        default=None,
+        metavar="PID",
+        help=f"close once process PID has ended, even if it was killed (checked every {EXIT_WITH_CHECK:g} s); "
+        "PygameLabeler passes the training process, so that no window outlives it. Every answer "
+        "given is already stored",
+    )
+    return parser
 
-    return cli(["label", *(sys.argv[1:] if argv is None else argv)])
+
+def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
+    """Run the window as its own program, until it is closed; returns the exit status.
+
+    Args:
+        argv: the arguments (``sys.argv[1:]`` if ``None``): ``STORE [--instruction TEXT]
+            [--labeler NAME] [--render-size PIXELS] [--exit-when-done] [--exit-with PID]``.
+        prog: the program's name in its usage and help (``gym-prefs label`` calls it so).
+
+    Returns:
+        0 once the window is closed, 2 if the store cannot be shown.
+
+    Example:
+        ``python -m gym_prefs.viewer runs/.../preferences.db --instruction "do a backflip"``,
+        the same as ``gym-prefs label runs/.../preferences.db --instruction "do a backflip"``.
+    """
+    args = _parser(prog).parse_args(argv)
+    try:
+        viewer = Viewer(
+            args.store, args.instruction, args.labeler, args.render_size, args.exit_when_done, exit_with=args.exit_with
+        )
+        viewer.run()
+    except (StoreError, FileNotFoundError) as error:
+        print(f"gym-prefs: {error}", file=sys.stderr)
+        return 2
+    print(f"gym-prefs label: {viewer.answers_given} answers stored in {args.store}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""Gymnasium and Stable-Baselines3 wrappers that replace the env's reward with the learned one."""
+"""Gymnasium and Stable-Baselines3 wrappers that replace the env's reward with the learned one.
+
+Both are thin shells over one :class:`~gym_prefs.reward_core.RewardCore`, which predicts,
+records and keeps the episode returns: :class:`LearnedReward` for one env,
+:class:`VecLearnedReward` for a whole ``VecEnv`` in one batched prediction a step. The info keys
+they write and read are named by the constants exported here.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -11,67 +16,81 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper,
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from gym_prefs.clips import ClipInfo, capture_clip, clip_info_for
+from gym_prefs.reward_core import (
+    EPISODE_ENDED_KEY,
+    EPISODE_RETURNS_KEY,
+    LEARNED_RETURN_KEY,
+    LENGTH_KEY,
+    RECORD_BYTES,
+    TRUE_RETURN_KEY,
+    TRUE_REWARD_KEY,
+    RewardCore,
+    check_model_spaces,
+)
 from gym_prefs.reward_model import RewardEnsemble
-from gym_prefs.segments import TransitionBatch, TransitionRecorder, steps_for_bytes
-from gym_prefs.spaces import check_space, spaces_match
+from gym_prefs.segments import TransitionBatch, TransitionRecorder
 
-__all__ = ["EPISODE_ENDED_KEY", "RECORD_BYTES", "LearnedReward", "VecLearnedReward"]
-
-#: Default memory bound of the steps a wrapper keeps between two collections by the callback.
-RECORD_BYTES = 64 * 2**20
-#: Info key with which an env marks an episode end it hides from the agent (segments never
-#: cross it, and episode returns are reported there).
-EPISODE_ENDED_KEY = "episode_ended"
-
-
-def _resolve_model(
-    reward_model: RewardEnsemble | str | None, observation_space: gym.Space[Any], action_space: gym.Space[Any]
-) -> RewardEnsemble:
-    check_space(observation_space, "observation")
-    check_space(action_space, "action")
-    if reward_model is None:
-        return RewardEnsemble(observation_space, action_space)
-    model = RewardEnsemble.load(reward_model) if isinstance(reward_model, str) else reward_model
-    check_model_spaces(model, observation_space, action_space)
-    return model
+__all__ = [
+    "EPISODE_ENDED_KEY",
+    "EPISODE_RETURNS_KEY",
+    "LEARNED_RETURN_KEY",
+    "LENGTH_KEY",
+    "RECORD_BYTES",
+    "TRUE_RETURN_KEY",
+    "TRUE_REWARD_KEY",
+    "LearnedReward",
+    "VecLearnedReward",
+    "check_model_spaces",
+]
 
 
-def check_model_spaces(model: RewardEnsemble, observation_space: gym.Space[Any], action_space: gym.Space[Any]) -> None:
-    """Raise ``ValueError`` unless ``model`` reads these observation and action spaces."""
-    if not (
-        spaces_match(model.observation_space, observation_space) and spaces_match(model.action_space, action_space)
-    ):
-        raise ValueError(
-            "the reward model was built for observation space "
-            f"{model.observation_space} and action space {model.action_space}, but this env has "
-            f"{observation_space} and {action_space}; use a reward model made for this env"
-        )
+class _RewardCoreShell:
+    """What both wrappers hand straight to their :class:`~gym_prefs.reward_core.RewardCore`.
 
-
-def _floating(space: gym.Space[Any]) -> bool:
-    """Whether observations of ``space`` can hold NaN or infinity (integer images cannot)."""
-    return space.dtype is not None and np.issubdtype(space.dtype, np.floating)
-
-
-def _check_finite(obs: Any, env: Any) -> None:
-    """Raise ``ValueError`` if an observation holds NaN or infinity.
-
-    The reward model cannot score such a step, and a segment holding one would turn every later
-    fit's loss into NaN, so the run stops here with the cause rather than later with a mystery.
+    Properties rather than copies, so that the callback, which reads ``reward_model`` and
+    ``inference_seconds`` from the wrapper (``get_attr`` in ``VecEnv`` workers), sees the core's.
     """
-    if not np.isfinite(obs).all():
-        raise ValueError(
-            f"{env} returned an observation holding NaN or infinity: the learned reward cannot be "
-            "computed from it. Fix the env, or clip and replace such values in an observation wrapper "
-            "(e.g. gymnasium.wrappers.TransformObservation) inside the reward wrapper."
-        )
+
+    _core: RewardCore
+
+    @property
+    def reward_model(self) -> RewardEnsemble:
+        """The model that predicts the rewards."""
+        return self._core.reward_model
+
+    @reward_model.setter
+    def reward_model(self, reward_model: RewardEnsemble) -> None:
+        self._core.reward_model = reward_model
+
+    @property
+    def inference_seconds(self) -> float:
+        """Time spent predicting rewards (for benchmarks)."""
+        return self._core.inference_seconds
+
+    @inference_seconds.setter
+    def inference_seconds(self, seconds: float) -> None:
+        self._core.inference_seconds = seconds
+
+    @property
+    def recorder(self) -> TransitionRecorder:
+        """The steps recorded since the callback last collected them."""
+        return self._core.recorder
+
+    @property
+    def clip_info(self) -> ClipInfo | None:
+        """How clip data is recorded, or ``None`` while none is (nobody labels by sight)."""
+        return self._core.clip_info
+
+    def set_reward_model(self, reward_model: RewardEnsemble) -> None:
+        """Use ``reward_model`` from now on (called by the callback after each refit)."""
+        self._core.set_reward_model(reward_model)
+
+    def pop_transitions(self) -> TransitionBatch:
+        """Hand over (and forget) the steps recorded since the last call."""
+        return self._core.pop_transitions()
 
 
-def _episode_info(true_return: float, learned_return: float, length: int) -> dict[str, float | int]:
-    return {"true": true_return, "learned": learned_return, "l": length}
-
-
-class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
+class LearnedReward(_RewardCoreShell, gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
     """Hides the env's reward from the agent and returns the learned reward r̂(o, a) instead.
 
     - The env's own reward goes to ``info["true_reward"]``; at the end of an episode,
@@ -80,6 +99,9 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
     - Every step is recorded (bounded memory) so that :class:`~gym_prefs.PreferenceCallback`
       can cut segments from it.
     - Until the reward model is fitted, the reward is 0.0.
+    - An episode end that an inner env hides from the agent (like
+      :class:`gym_prefs.atari.HideEpisodeEnds`), marked by ``info["episode_ended"]``, ends the
+      wrapper's episode too: segments never cross it, and its returns are reported there.
 
     One reward model serves every wrapper of a training env: the callback shares its model with
     wrappers in the same process and sends new weights to wrappers in ``SubprocVecEnv``
@@ -98,7 +120,7 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
         >>> env = LearnedReward(gym.make("Pendulum-v1"))
         >>> obs, info = env.reset(seed=0)
         >>> obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
-        >>> reward, "true_reward" in info
+        >>> reward, TRUE_REWARD_KEY in info
         (0.0, True)
     """
 
@@ -110,67 +132,25 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
     ) -> None:
         gym.utils.RecordConstructorArgs.__init__(self, reward_model=reward_model, record_steps=record_steps)
         super().__init__(env)
-        self.reward_model = _resolve_model(reward_model, env.observation_space, env.action_space)
-        self._check_obs = _floating(env.observation_space)
-        self._record_steps = record_steps
-        capacity = record_steps or steps_for_bytes(env.observation_space, env.action_space, RECORD_BYTES)
-        self.recorder = TransitionRecorder(env.observation_space, env.action_space, 1, capacity)
-        self.clip_info: ClipInfo | None = None  # set when a person labels: clip data is recorded too
-        self._last_clip: np.ndarray | None = None
-        self._last_obs: Any = None
-        self.inference_seconds = 0.0  # time spent predicting rewards (for benchmarks)
-        self._true_return = 0.0
-        self._learned_return = 0.0
-        self._length = 0
+        self._core = RewardCore(env.observation_space, env.action_space, 1, reward_model, record_steps, env=env)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
-        if self._check_obs:
-            _check_finite(obs, self.env)
-        if self._length:  # an episode cut short by reset: segments must not span it
-            self.recorder.end_episodes(np.ones(1, dtype=bool))
-        self._last_obs = obs
-        if self.clip_info is not None:
-            self._last_clip = capture_clip(self.env, self.clip_info)
-        self._true_return = self._learned_return = 0.0
-        self._length = 0
+        self._core.reset(np.asarray(obs)[None])
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        if self._last_obs is None:
+        if not self._core.started:
             raise gym.error.ResetNeeded("call reset() before step() on a LearnedReward env")
         obs, true_reward, terminated, truncated, info = self.env.step(action)
-        if self._check_obs:
-            _check_finite(obs, self.env)
-        obs_batch = np.asarray(self._last_obs)[None]
-        act_batch = np.asarray(action)[None]
-        start = time.perf_counter()
-        learned = float(self.reward_model.predict(obs_batch, act_batch)[0])
-        self.inference_seconds += time.perf_counter() - start
-        true_reward = float(true_reward)
-        clip = None if self._last_clip is None else self._last_clip[None]
-        self.recorder.add(obs_batch, act_batch, np.array([true_reward]), np.array([learned]), clip)
-        if self.clip_info is not None:
-            self._last_clip = capture_clip(self.env, self.clip_info)
-        info["true_reward"] = true_reward
-        self._true_return += true_reward
-        self._learned_return += learned
-        self._length += 1
-        if terminated or truncated:
-            info["episode_returns"] = _episode_info(self._true_return, self._learned_return, self._length)
-            self.recorder.end_episodes(np.ones(1, dtype=bool))
-            self._length = 0
-        self._last_obs = obs
-        return obs, learned, terminated, truncated, info
-
-    def set_reward_model(self, reward_model: RewardEnsemble) -> None:
-        """Use ``reward_model`` from now on (called by the callback after each refit)."""
-        check_model_spaces(reward_model, self.observation_space, self.action_space)
-        self.reward_model = reward_model
-
-    def pop_transitions(self) -> TransitionBatch:
-        """Hand over (and forget) the steps recorded since the last call."""
-        return self.recorder.drain()
+        learned = self._core.step(
+            np.asarray(obs)[None],
+            np.asarray(action)[None],
+            np.array([float(true_reward)]),
+            np.array([terminated or truncated]),
+            [info],
+        )
+        return obs, float(learned[0]), terminated, truncated, info
 
     def reward_spaces(self) -> tuple[gym.Space[Any], gym.Space[Any]]:
         """The spaces of what this wrapper records (outer wrappers may change the env's)."""
@@ -192,19 +172,16 @@ class LearnedReward(gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructor
         Raises:
             ValueError: if the env cannot be shown to a person.
         """
-        if self._last_obs is None:
+        if not self._core.started:
             self.reset()
-        info = clip_info_for(self.env)
-        capacity = self._record_steps or steps_for_bytes(
-            self.observation_space, self.action_space, RECORD_BYTES, info.spec
-        )
-        self.recorder = TransitionRecorder(self.observation_space, self.action_space, 1, capacity, info.spec)
-        self.clip_info = info
-        self._last_clip = capture_clip(self.env, info)
-        return info
+        return self._core.enable_clips(clip_info_for(self.env), self._capture_clip)
+
+    def _capture_clip(self) -> np.ndarray:
+        assert self.clip_info is not None
+        return capture_clip(self.env, self.clip_info)[None]
 
 
-class VecLearnedReward(VecEnvWrapper):
+class VecLearnedReward(_RewardCoreShell, VecEnvWrapper):
     """:class:`LearnedReward` for a whole ``VecEnv``: one batched reward prediction per step.
 
     Works over ``DummyVecEnv`` and ``SubprocVecEnv`` (the model stays in the main process).
@@ -229,7 +206,7 @@ class VecLearnedReward(VecEnvWrapper):
         >>> venv = VecLearnedReward(make_vec_env("Pendulum-v1", n_envs=2))
         >>> obs = venv.reset()
         >>> obs, rewards, dones, infos = venv.step(np.zeros((2, 1), dtype=np.float32))
-        >>> rewards.tolist(), "true_reward" in infos[0]
+        >>> rewards.tolist(), TRUE_REWARD_KEY in infos[0]
         ([0.0, 0.0], True)
     """
 
@@ -249,34 +226,14 @@ class VecLearnedReward(VecEnvWrapper):
                 )
             inner = inner.venv
         super().__init__(venv)
-        self.reward_model = _resolve_model(reward_model, venv.observation_space, venv.action_space)
-        self._check_obs = _floating(venv.observation_space)
-        self._record_steps = record_steps
-        capacity = record_steps or steps_for_bytes(
-            venv.observation_space, venv.action_space, RECORD_BYTES // venv.num_envs
+        self._core = RewardCore(
+            venv.observation_space, venv.action_space, venv.num_envs, reward_model, record_steps, env=venv
         )
-        self.recorder = TransitionRecorder(venv.observation_space, venv.action_space, venv.num_envs, capacity)
-        self.clip_info: ClipInfo | None = None
-        self._last_clips: np.ndarray | None = None
-        self._last_obs: np.ndarray | None = None
         self._actions: np.ndarray | None = None
-        self.inference_seconds = 0.0
-        self._true_returns = np.zeros(venv.num_envs)
-        self._learned_returns = np.zeros(venv.num_envs)
-        self._lengths = np.zeros(venv.num_envs, dtype=np.int64)
 
     def reset(self) -> VecEnvObs:
         obs = self.venv.reset()
-        if self._check_obs:
-            _check_finite(obs, self.venv)
-        if self._lengths.any():
-            self.recorder.end_episodes(self._lengths > 0)
-        self._last_obs = np.asarray(obs)
-        if self.clip_info is not None:
-            self._last_clips = self._capture_clips()
-        self._true_returns[:] = 0.0
-        self._learned_returns[:] = 0.0
-        self._lengths[:] = 0
+        self._core.reset(np.asarray(obs))
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -285,45 +242,21 @@ class VecLearnedReward(VecEnvWrapper):
 
     def step_wait(self) -> VecEnvStepReturn:
         obs, true_rewards, dones, infos = self.venv.step_wait()
-        if self._last_obs is None or self._actions is None:
+        if not self._core.started or self._actions is None:
             raise RuntimeError("call reset() before step() on a VecLearnedReward env")
-        if self._check_obs:
-            _check_finite(obs, self.venv)
-        start = time.perf_counter()
-        learned = self.reward_model.predict(self._last_obs, self._actions)
-        self.inference_seconds += time.perf_counter() - start
-        self.recorder.add(self._last_obs, self._actions, true_rewards, learned, self._last_clips)
-        if self.clip_info is not None:
-            self._last_clips = self._capture_clips()
-        self._true_returns += true_rewards
-        self._learned_returns += learned
-        self._lengths += 1
-        ends = np.array(dones, dtype=bool)
-        for i, (info, true_reward) in enumerate(zip(infos, true_rewards.tolist(), strict=True)):
-            info["true_reward"] = true_reward
-            if info.get(EPISODE_ENDED_KEY, False):
-                ends[i] = True  # an episode end hidden from the agent (see HideEpisodeEnds)
-        if ends.any():
-            for ended in np.flatnonzero(ends):
-                infos[ended]["episode_returns"] = _episode_info(
-                    float(self._true_returns[ended]), float(self._learned_returns[ended]), int(self._lengths[ended])
-                )
-            self.recorder.end_episodes(ends)
-            self._true_returns[ends] = 0.0
-            self._learned_returns[ends] = 0.0
-            self._lengths[ends] = 0
-        # After an episode end the returned observation is already the next episode's first.
-        self._last_obs = np.asarray(obs)
+        learned = self._core.step(np.asarray(obs), self._actions, true_rewards, dones, infos)
         return obs, learned.astype(np.float32), dones, infos
 
-    def set_reward_model(self, reward_model: RewardEnsemble) -> None:
-        """Use ``reward_model`` from now on."""
-        check_model_spaces(reward_model, self.observation_space, self.action_space)
-        self.reward_model = reward_model
+    def enable_clips(self) -> ClipInfo:
+        """Also record what a person needs to see each step (see :mod:`gym_prefs.clips`).
 
-    def pop_transitions(self) -> TransitionBatch:
-        """Hand over (and forget) the steps recorded since the last call."""
-        return self.recorder.drain()
+        Raises:
+            ValueError: if the envs run in other processes, or cannot be shown to a person.
+        """
+        envs = self._base_envs()
+        if not self._core.started:
+            self.reset()
+        return self._core.enable_clips(clip_info_for(envs[0]), self._capture_clips)
 
     def _base_envs(self) -> list[gym.Env[Any, Any]]:
         base = self.venv.unwrapped
@@ -338,19 +271,3 @@ class VecLearnedReward(VecEnvWrapper):
     def _capture_clips(self) -> np.ndarray:
         assert self.clip_info is not None
         return np.stack([capture_clip(env, self.clip_info) for env in self._base_envs()])
-
-    def enable_clips(self) -> ClipInfo:
-        """Also record what a person needs to see each step (see :mod:`gym_prefs.clips`)."""
-        envs = self._base_envs()
-        if self._last_obs is None:
-            self.reset()
-        info = clip_info_for(envs[0])
-        capacity = self._record_steps or steps_for_bytes(
-            self.observation_space, self.action_space, RECORD_BYTES // self.num_envs, info.spec
-        )
-        self.recorder = TransitionRecorder(
-            self.observation_space, self.action_space, self.num_envs, capacity, info.spec
-        )
-        self.clip_info = info
-        self._last_clips = self._capture_clips()
-        return info

@@ -114,3 +114,14 @@ def small_disk(tmp_path):
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def store_path(tmp_path):
+    """A store of 12 queries with CartPole clips, none answered: what a labelling window opens."""
+    # Imported here, not above: only the window's tests train, and the others need not import SB3.
+    from viewer_helpers import train_with_a_person_who_never_answers
+
+    path = tmp_path / "p.db"
+    train_with_a_person_who_never_answers(path, render_mode="rgb_array")
+    return path

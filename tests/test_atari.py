@@ -15,6 +15,7 @@ from gym_prefs.atari import (  # noqa: E402
     mask_rows_for,
 )
 from gym_prefs.presets import atari_preset, preset_for  # noqa: E402
+from gym_prefs.wrappers import EPISODE_ENDED_KEY, EPISODE_RETURNS_KEY, LENGTH_KEY, TRUE_RETURN_KEY  # noqa: E402
 
 gym.register_envs(ale_py)
 
@@ -25,11 +26,11 @@ def test_atari_preset_has_the_papers_settings():
     kwargs = preset.algo_kwargs
     assert (kwargs["n_steps"], kwargs["ent_coef"], kwargs["gamma"]) == (5, 0.01, 0.99)
     assert kwargs["learning_rate"](1.0) == pytest.approx(7e-4) and kwargs["learning_rate"](0.0) == 0.0  # decays
-    settings = preset.callback_kwargs
-    assert settings["segment_length"] == 25
-    assert settings["initial_label_fraction"] * 5500 == pytest.approx(500)
-    assert settings["initial_fit_epochs"] == 200 and settings["max_comparisons"] == 3000
-    assert settings["reward_model"]["reward_std"] == 0.05 and settings["reward_model"]["dropout"] == 0.5
+    config = preset.config
+    assert config.segment_length == 25 and config.total_labels == 5500
+    assert config.initial_label_fraction * 5500 == pytest.approx(500)
+    assert config.initial_fit_epochs == 200 and config.max_comparisons == 3000
+    assert config.reward_model["reward_std"] == 0.05 and config.reward_model["dropout"] == 0.5
     assert preset_for("ALE/Pong-v5").name == "atari"
 
 
@@ -46,11 +47,11 @@ def test_score_pixels_are_zero_in_the_reward_models_input():
     obs = venv.reset()
     for _ in range(30):
         obs, *_ = venv.step(np.array([venv.action_space.sample()]))
-    settings = atari_preset("ALE/Pong-v5").callback_kwargs["reward_model"]
+    settings = atari_preset("ALE/Pong-v5").config.reward_model
     model = RewardEnsemble(venv.observation_space, venv.action_space, seed=0, **settings)
     model.fitted.fill_(True)
     inputs, _ = model.preprocess(obs, np.zeros(1, dtype=np.int64))
-    (start, stop), = settings["image_mask_rows"]
+    ((start, stop),) = settings["image_mask_rows"]
     assert obs[..., start:stop, :].any()  # the score is on screen ...
     assert not inputs[..., start:stop, :].any()  # ... and not in what the reward model reads
     assert inputs[..., stop:, :].any()
@@ -67,8 +68,8 @@ def test_the_agent_sees_no_episode_end_but_the_reward_wrapper_does():
     for _ in range(300):
         _, _, terminated, truncated, info = env.step(env.action_space.sample())
         assert not (terminated or truncated)
-        ended += info.get("episode_ended", False)
-        returns += "episode_returns" in info
+        ended += info.get(EPISODE_ENDED_KEY, False)
+        returns += EPISODE_RETURNS_KEY in info
     assert ended >= 3 and returns == ended
 
 
@@ -81,11 +82,12 @@ def test_the_batched_reward_wrapper_ends_episodes_the_agent_never_sees():
     for _ in range(300):
         _, _, dones, infos = venv.step(np.array([venv.action_space.sample() for _ in range(2)]))
         assert not dones.any()
-        ends.append([info.get("episode_ended", False) for info in infos])
+        ends.append([info.get(EPISODE_ENDED_KEY, False) for info in infos])
         for info in infos:
-            assert ("episode_returns" in info) == info.get("episode_ended", False)
-            if "episode_returns" in info:
-                assert info["episode_returns"]["true"] == info["episode_returns"]["l"]  # 1 per step
+            assert (EPISODE_RETURNS_KEY in info) == info.get(EPISODE_ENDED_KEY, False)
+            if EPISODE_RETURNS_KEY in info:
+                returns = info[EPISODE_RETURNS_KEY]
+                assert returns[TRUE_RETURN_KEY] == returns[LENGTH_KEY]  # 1 per step
     ends_array = np.array(ends)
     assert (ends_array.sum(axis=0) >= 3).all()
     # Each recorded step carries its episode id (segments are cut within one id): the id moves

@@ -80,3 +80,27 @@ def test_plot_draws_every_run_with_the_logged_data(two_runs, tmp_path):
 def test_plot_of_a_folder_without_logs_says_so(tmp_path, capsys):
     assert cli(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "progress.csv" in capsys.readouterr().err
+
+
+def test_label_hands_its_arguments_to_the_window_program(monkeypatch, capsys):
+    import gym_prefs.viewer
+
+    calls = []
+    monkeypatch.setattr(gym_prefs.viewer, "main", lambda argv, prog: calls.append((argv, prog)) or 0)
+    args = ["runs/x/preferences.db", "--instruction", "run", "--labeler", "ann", "--exit-when-done"]
+    assert cli(["label", *args]) == 0
+    assert calls == [(args, "gym-prefs label")]
+    monkeypatch.undo()
+    with pytest.raises(SystemExit):
+        cli(["label", "--help"])
+    usage = capsys.readouterr().out
+    assert usage.startswith("usage: gym-prefs label [-h]") and "--exit-with PID" in usage
+    with pytest.raises(SystemExit):
+        cli(["--help"])
+    assert "label a store's pending clip pairs in a window" in capsys.readouterr().out
+
+
+def test_label_of_a_missing_store_says_so(tmp_path, capsys):
+    assert cli(["label", str(tmp_path / "missing.db")]) == 2
+    assert f"gym-prefs: no preference store at {tmp_path / 'missing.db'}" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()

@@ -1,3 +1,4 @@
+import io
 import os
 import signal
 import subprocess
@@ -10,7 +11,9 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from gym_prefs import Comparisons, PreferenceCallback, RewardEnsemble, RewardTrainer
+from gym_prefs import Comparisons, PreferenceCallback, RewardEnsemble, RewardTrainer, SegmentPairs
+from gym_prefs.fit_messages import Failed, Fit, Load, Loaded, NewLabels, receive, send
+from gym_prefs.fit_program import serve
 from gym_prefs.fit_worker import FitWorker, FitWorkerError
 
 OBS = spaces.Box(-1, 1, (3,))
@@ -22,7 +25,7 @@ def labels(n: int, seed: int = 0) -> Comparisons:
     obs = rng.uniform(-1, 1, (n, 2, 5, 3)).astype(np.float32)
     data = Comparisons(OBS, ACT, 5)
     first_better = obs[:, 0, :, 0].sum(1) > obs[:, 1, :, 0].sum(1)
-    data.add(obs, np.zeros((n, 2, 5, 1), np.float32), first_better.astype(np.float32))
+    data.add(SegmentPairs(obs, np.zeros((n, 2, 5, 1), np.float32)), first_better.astype(np.float32))
     return data
 
 
@@ -36,8 +39,8 @@ def test_worker_fits_exactly_what_the_same_trainer_fits_in_place():
         worker.load(local, segment_length=5, max_comparisons=None, data=data)
         more = labels(90)
         more_data = Comparisons(OBS, ACT, 5)
-        more_data.add(data.obs, data.actions, data.mu)
-        more_data.add(more.obs[60:], more.actions[60:], more.mu[60:])
+        more_data.add(SegmentPairs(data.obs, data.actions), data.mu)
+        more_data.add(SegmentPairs(more.obs[60:], more.actions[60:]), more.mu[60:])
         worker.start(more_data, 4)
         state, report = worker.result()
     finally:
@@ -46,6 +49,49 @@ def test_worker_fits_exactly_what_the_same_trainer_fits_in_place():
     assert report == expected
     for name, tensor in local.model.state_dict().items():
         np.testing.assert_array_equal(state[name].numpy(), tensor.numpy(), err_msg=name)
+
+
+def test_each_label_is_sent_once_as_typed_new_labels():
+    worker = FitWorker()
+    sent = []
+    put = worker._outbox.put
+    worker._outbox.put = lambda message: (sent.append(message), put(message))[1]
+    try:
+        data = labels(30)
+        worker.load(RewardTrainer(RewardEnsemble(OBS, ACT, seed=0), seed=0), 5, None, data=data)
+        more = labels(40)
+        data.add(SegmentPairs(more.obs[30:], more.actions[30:]), more.mu[30:])
+        worker.start(data, 1)
+        assert worker.result()[1].pairs == 40
+    finally:
+        worker.close()
+    load, fit = sent[:2]
+    assert isinstance(load, Load) and isinstance(load.labels, NewLabels)
+    assert isinstance(fit, Fit) and isinstance(fit.labels, NewLabels)
+    np.testing.assert_array_equal(load.labels.ids, np.arange(30))
+    np.testing.assert_array_equal(fit.labels.ids, np.arange(30, 40))
+    np.testing.assert_array_equal(fit.labels.obs, more.obs[30:])
+    np.testing.assert_array_equal(fit.labels.mu, more.mu[30:])
+
+
+def test_the_worker_program_answers_each_request_in_order():
+    trainer = RewardTrainer(RewardEnsemble(OBS, ACT, seed=0), seed=0)
+    data = labels(20)
+    inbox = io.BytesIO()
+    send(inbox, Load.of(trainer, segment_length=5, max_comparisons=None, labels=NewLabels.since(data, 0)))
+    send(inbox, Fit(NewLabels.since(data, 20), 2))  # nothing new: fits on the labels it has
+    send(inbox, "nonsense")
+    inbox.seek(0)
+    outbox = io.BytesIO()
+    serve(inbox, outbox, threading.Lock())  # returns when the requests end
+    outbox.seek(0)
+    loaded, fitted, failed = (receive(outbox) for _ in range(3))
+    assert loaded == Loaded()
+    state, report = fitted.result()
+    assert report == trainer.fit(data, 2)
+    for name, tensor in trainer.model.state_dict().items():
+        np.testing.assert_array_equal(state[name].numpy(), tensor.numpy(), err_msg=name)
+    assert isinstance(failed, Failed) and "TypeError: unknown message str" in failed.traceback
 
 
 def test_a_worker_that_dies_gives_a_clear_error():

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from gym_prefs import Comparisons, RewardEnsemble, RewardTrainer, SyntheticOracle
+from gym_prefs import Comparisons, RewardEnsemble, RewardTrainer, SegmentPairs, SyntheticOracle
 
 OBS = spaces.Box(-2, 2, (4,))
 ACT = spaces.Box(-1, 1, (2,))
@@ -36,7 +36,7 @@ def test_fitted_ensemble_orders_held_out_pairs_like_the_true_reward():
     model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(600, seed=1)
-    data.add(obs, act, mu)
+    data.add(SegmentPairs(obs, act), mu)
     trainer = RewardTrainer(model, seed=0)
     assert not model.is_fitted
     report = trainer.fit(data, epochs=60)
@@ -51,7 +51,7 @@ def test_equal_labels_teach_equal_returns():
     model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, _, _ = labelled_pairs(200, seed=2)
-    data.add(obs, act, np.full(200, 0.5, dtype=np.float32))
+    data.add(SegmentPairs(obs, act), np.full(200, 0.5, dtype=np.float32))
     RewardTrainer(model, seed=0).fit(data, epochs=30)
     # Judge the outputs as fitted: calibration would stretch a near-constant reward to std 1.
     model.offset.zero_()
@@ -66,7 +66,7 @@ def test_noisy_labels_still_rank_well():
     model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(800, seed=3, oracle=SyntheticOracle(mistake_rate=0.1, seed=0))
-    data.add(obs, act, mu)
+    data.add(SegmentPairs(obs, act), mu)
     RewardTrainer(model, seed=0).fit(data, epochs=60)
     assert held_out_accuracy(model) >= 0.85
 
@@ -75,7 +75,7 @@ def test_l2_rises_when_the_model_overfits_a_few_labels():
     model = RewardEnsemble(OBS, ACT, use_actions=True, hidden_sizes=(128, 128), seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(30, seed=4)
-    data.add(obs, act, mu)
+    data.add(SegmentPairs(obs, act), mu)
     trainer = RewardTrainer(model, seed=0, l2=1e-6)
     report = trainer.fit(data, epochs=200)
     assert report.l2 > 1e-6 * 10
@@ -85,7 +85,7 @@ def test_l2_falls_when_validation_matches_training():
     model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(400, seed=5)
-    data.add(obs, act, mu)
+    data.add(SegmentPairs(obs, act), mu)
     trainer = RewardTrainer(model, seed=0, l2=1.0)
     report = trainer.fit(data, epochs=20)
     assert report.l2 < 1.0
@@ -95,7 +95,7 @@ def test_members_train_on_different_bootstrap_samples():
     model = RewardEnsemble(OBS, ACT, use_actions=True, seed=0)
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(100, seed=6)
-    data.add(obs, act, mu)
+    data.add(SegmentPairs(obs, act), mu)
     RewardTrainer(model, seed=0).fit(data, epochs=10)
     members = model.predict_members(obs[:20], act[:20]).reshape(3, -1)
     assert not np.allclose(members[0], members[1])
@@ -104,9 +104,9 @@ def test_members_train_on_different_bootstrap_samples():
 def test_validation_split_is_stable_as_labels_arrive():
     data = Comparisons(OBS, ACT, LENGTH)
     obs, act, mu, _ = labelled_pairs(100, seed=7)
-    data.add(obs[:50], act[:50], mu[:50])
+    data.add(SegmentPairs(obs[:50], act[:50]), mu[:50])
     first = data.validation_mask(1 / np.e).copy()
-    data.add(obs[50:], act[50:], mu[50:])
+    data.add(SegmentPairs(obs[50:], act[50:]), mu[50:])
     np.testing.assert_array_equal(data.validation_mask(1 / np.e)[:50], first)
     assert 0.25 < data.validation_mask(1 / np.e).mean() < 0.5
 
@@ -114,7 +114,7 @@ def test_validation_split_is_stable_as_labels_arrive():
 def test_comparisons_keep_only_the_newest():
     data = Comparisons(OBS, ACT, LENGTH, max_size=30)
     obs, act, mu, _ = labelled_pairs(50, seed=8)
-    data.add(obs, act, mu)
+    data.add(SegmentPairs(obs, act), mu)
     assert len(data) == 30
     np.testing.assert_array_equal(data.ids, np.arange(20, 50))
     np.testing.assert_array_equal(data.obs, obs[20:])
@@ -134,7 +134,7 @@ def test_cnn_learns_which_images_are_better():
     obs = np.broadcast_to(level[..., None, None, None], (160, 2, 4, 48, 48, 1)).astype(np.uint8)
     mu = (level[:, 0].sum(-1) > level[:, 1].sum(-1)).astype(np.float32)
     data = Comparisons(images, spaces.Discrete(2), 4)
-    data.add(obs, np.zeros((160, 2, 4), dtype=np.int64), mu)
+    data.add(SegmentPairs(obs, np.zeros((160, 2, 4), dtype=np.int64)), mu)
     RewardTrainer(model, seed=0, lr=3e-3).fit(data, epochs=25)
     test_level = rng.integers(0, 256, (100, 2, 4))
     test_obs = np.broadcast_to(test_level[..., None, None, None], (100, 2, 4, 48, 48, 1)).astype(np.uint8)

@@ -1,18 +1,14 @@
-import io
-import os
-import pickle
-import threading
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from torch import nn
 
-from gym_prefs import RewardEnsemble, reward_model
-from gym_prefs.networks import EnsembleCNN, EnsembleMLP, ModuleEnsemble
-from gym_prefs.reward_model import FORMAT, HEADER_SIZE
+from gym_prefs import RewardEnsemble, batched_inference, reward_model
+from gym_prefs.folded_inference import FOLDED_MAX_ROWS
+from gym_prefs.model_inputs import InputEncoder
+from gym_prefs.networks import EnsembleCNN, EnsembleMLP
+from gym_prefs.spaces import UnsupportedSpaceError
 
 VEC_OBS = spaces.Box(-1, 1, (5,))
 BOX_ACT = spaces.Box(-1, 1, (2,))
@@ -22,6 +18,15 @@ IMAGES = spaces.Box(0, 255, (84, 84, 4), np.uint8)
 def fitted(model: RewardEnsemble) -> RewardEnsemble:
     model.fitted.fill_(True)
     return model
+
+
+class LinearMember(torch.nn.Module):
+    def __init__(self, obs_shape, act_dim):
+        super().__init__()
+        self.fc = torch.nn.Linear(obs_shape[0] + act_dim, 1)
+
+    def forward(self, obs, act):
+        return self.fc(torch.cat([obs, act], dim=-1)).squeeze(-1)
 
 
 def test_mlp_for_vectors_and_cnn_for_images():
@@ -67,70 +72,6 @@ def test_calibration_gives_each_member_the_target_mean_and_std(reward_std, rewar
     np.testing.assert_allclose(members.std(axis=1), reward_std, rtol=1e-3)
     # The ensemble prediction is the mean of the normalised members.
     np.testing.assert_allclose(model.predict(obs, act), members.mean(axis=0), rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("obs_space", "act_space"),
-    [(VEC_OBS, BOX_ACT), (spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([2, 3])), (IMAGES, spaces.Discrete(4))],
-)
-def test_save_load_and_pickle_give_identical_predictions(tmp_path, obs_space, act_space):
-    model = fitted(RewardEnsemble(obs_space, act_space, reward_std=0.5, seed=0))
-    obs = np.stack([obs_space.sample() for _ in range(6)])
-    act = np.stack([act_space.sample() for _ in range(6)])
-    model.calibrate(obs, act)
-    model.save(tmp_path / "reward.pt")
-    loaded = RewardEnsemble.load(tmp_path / "reward.pt")
-    np.testing.assert_array_equal(loaded.predict(obs, act), model.predict(obs, act))
-    assert loaded.config() == model.config()
-    copied = pickle.loads(pickle.dumps(model))
-    np.testing.assert_array_equal(copied.predict(obs, act), model.predict(obs, act))
-
-
-def test_load_refuses_other_files_with_a_clear_message(tmp_path):
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a model at all")
-    with pytest.raises(ValueError, match="not a gym_prefs reward model"):
-        RewardEnsemble.load(junk)
-    other = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(3)}, other)
-    with pytest.raises(ValueError, match="not a gym_prefs reward model"):
-        RewardEnsemble.load(other)
-
-
-def test_load_refuses_a_newer_format(tmp_path):
-    model = RewardEnsemble(VEC_OBS, BOX_ACT)
-    path = tmp_path / "reward.pt"
-    model.save(path)
-    payload = torch.load(io.BytesIO(path.read_bytes()[HEADER_SIZE:]), weights_only=True)
-    payload["version"] = 99
-    torch.save(payload, path)
-    with pytest.raises(ValueError, match="upgrade gym_prefs"):
-        RewardEnsemble.load(path)
-
-
-class LinearMember(nn.Module):
-    def __init__(self, obs_shape, act_dim):
-        super().__init__()
-        self.fc = nn.Linear(obs_shape[0] + act_dim, 1)
-
-    def forward(self, obs, act):
-        return self.fc(torch.cat([obs, act], dim=-1)).squeeze(-1)
-
-
-def test_custom_member_factory_by_import_path_survives_save_and_load(tmp_path):
-    model = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, member_factory="tests.test_reward_model:LinearMember", seed=0))
-    assert isinstance(model.net, ModuleEnsemble)
-    obs, act = np.ones((3, 5)), np.ones((3, 2))
-    model.save(tmp_path / "m.pt")
-    np.testing.assert_array_equal(RewardEnsemble.load(tmp_path / "m.pt").predict(obs, act), model.predict(obs, act))
-
-
-def test_custom_local_factory_needs_the_factory_to_load(tmp_path):
-    model = RewardEnsemble(VEC_OBS, BOX_ACT, member_factory=lambda shape, act_dim: LinearMember(shape, act_dim))
-    model.save(tmp_path / "m.pt")
-    with pytest.raises(ValueError, match="pass the same factory"):
-        RewardEnsemble.load(tmp_path / "m.pt")
-    RewardEnsemble.load(tmp_path / "m.pt", member_factory=LinearMember)
 
 
 def test_discrete_actions_are_one_hot_and_change_the_reward():
@@ -194,152 +135,37 @@ def test_fast_prediction_path_matches_the_members_and_follows_weight_changes(use
         model.calibrate(obs, act)
 
 
-# ---------------------------------------------------------------- damaged and old files
-def _saved_model(tmp_path):
-    model = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, reward_std=0.5, seed=0))
-    rng = np.random.default_rng(0)
-    model.calibrate(rng.normal(size=(50, 5)), rng.uniform(-1, 1, (50, 2)))
-    path = tmp_path / "reward.pt"
-    model.save(path)
-    return model, path
-
-
-def test_every_corrupted_or_truncated_file_is_refused(tmp_path):
-    # torch.load does not check its zip's CRCs: before the checksummed header, 38 of these 40
-    # files loaded and predicted NaN or 1e6-sized rewards.
-    model, path = _saved_model(tmp_path)
-    data = path.read_bytes()
-    rng = np.random.default_rng(0)
-    damaged = tmp_path / "damaged.pt"
-    positions = [int(p) for p in rng.integers(0, len(data), 40)]
-    positions += [0, 7, 8, 12, 20, HEADER_SIZE - 1, HEADER_SIZE]  # magic, version, length, checksum, payload
-    loaded = []
-    for position in positions:
-        corrupted = bytearray(data)
-        if rng.random() < 0.5:
-            corrupted[position] ^= 1 << int(rng.integers(8))  # one flipped bit
-        else:
-            corrupted[position] = (corrupted[position] + int(rng.integers(1, 256))) % 256  # another byte
-        damaged.write_bytes(bytes(corrupted))
-        try:
-            RewardEnsemble.load(damaged)
-        except ValueError as error:
-            assert "damaged" in str(error) or "not a gym_prefs reward model" in str(error)
-        except Exception as error:  # refused, but not with a clear ValueError
-            loaded.append((position, repr(error)))
-        else:
-            loaded.append((position, "loaded"))
-    assert loaded == [], f"{len(loaded)} of {len(positions)} corrupted files were not refused: {loaded}"
-    for length in (0, 4, HEADER_SIZE - 1, HEADER_SIZE, len(data) // 2, len(data) - 1):
-        damaged.write_bytes(data[:length])
-        with pytest.raises(ValueError, match=r"damaged|not a gym_prefs reward model"):
-            RewardEnsemble.load(damaged)
-    # What happened, and what to do about it.
-    middle = bytearray(data)
-    middle[len(data) // 2] ^= 0xFF
-    with pytest.raises(ValueError, match=r"damaged \(checksum mismatch.*gym-prefs fit STORE"):
-        RewardEnsemble.from_bytes(bytes(middle))
-    with pytest.raises(ValueError, match=r"damaged \(truncated"):
-        RewardEnsemble.from_bytes(data[:-1])
-    with pytest.raises(ValueError, match="checksum mismatch"):
-        RewardEnsemble.state_from_bytes(bytes(middle))
-    obs = np.ones((3, 5))
-    np.testing.assert_array_equal(RewardEnsemble.load(path).predict(obs, obs[:, :2]), model.predict(obs, obs[:, :2]))
-
-
-def test_a_newer_header_version_asks_for_an_upgrade(tmp_path):
-    _, path = _saved_model(tmp_path)
-    data = bytearray(path.read_bytes())
-    data[8:12] = (reward_model.FORMAT_VERSION + 1).to_bytes(4, "little")
-    with pytest.raises(ValueError, match=r"newer than this gym_prefs understands.*upgrade gym_prefs"):
-        RewardEnsemble.from_bytes(bytes(data))
-
-
-def _format_1_bytes(model: RewardEnsemble) -> bytes:
-    """A file as gym_prefs 0.1 wrote it: a bare torch.save payload, no header."""
-    buffer = io.BytesIO()
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "version": 1, "config": model.config(), "state": state}, buffer)
-    return buffer.getvalue()
-
-
-def test_files_of_format_1_still_load_and_are_checked_for_finite_weights(tmp_path):
-    model, _ = _saved_model(tmp_path)
-    old = tmp_path / "old.pt"
-    old.write_bytes(_format_1_bytes(model))
-    obs, act = np.random.default_rng(1).normal(size=(6, 5)), np.zeros((6, 2))
-    np.testing.assert_array_equal(RewardEnsemble.load(old).predict(obs, act), model.predict(obs, act))
-    assert set(RewardEnsemble.state_from_bytes(old.read_bytes())) == set(model.state_dict())
-    with torch.no_grad():
-        model.net.out.bias[1] = float("nan")
-    old.write_bytes(_format_1_bytes(model))
-    with pytest.raises(ValueError, match=r"out\.bias holds NaN or infinite values.*gym-prefs fit"):
-        RewardEnsemble.load(old)
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_weights_are_refused_but_copies_in_memory_stay_faithful(tmp_path, bad):
-    model, _ = _saved_model(tmp_path)
-    with torch.no_grad():
-        model.scale[0] = bad
-    data = model.to_bytes()
-    with pytest.raises(ValueError, match="scale holds NaN or infinite values"):
-        RewardEnsemble.from_bytes(data)
-    with pytest.raises(ValueError, match="scale holds NaN or infinite values"):
-        RewardEnsemble.state_from_bytes(data)
-    # clone() and pickling copy a model, damage included, rather than read a file.
-    for copy in (model.clone(), pickle.loads(pickle.dumps(model))):
-        np.testing.assert_array_equal(copy.scale.numpy(), model.scale.numpy())  # NaN equals NaN here
-
-
-def test_saves_to_one_path_from_two_threads_never_collide(tmp_path):
-    # With one shared "<path>.tmp", one saver renamed the other's half-written file away and
-    # the other's os.replace failed (FileNotFoundError).
+def test_fast_prediction_path_follows_weights_loaded_drawn_or_replaced():
     model = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, seed=0))
-    path = tmp_path / "reward.pt"
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def save_repeatedly():
-        start.wait()
-        for _ in range(40):
-            try:
-                model.save(path)
-            except BaseException as error:  # every failure, reported by the main thread
-                errors.append(error)
-
-    threads = [threading.Thread(target=save_repeatedly) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert os.listdir(tmp_path) == ["reward.pt"]  # no temporary file left behind
-    obs = np.ones((2, 5))
-    np.testing.assert_array_equal(RewardEnsemble.load(path).predict(obs, obs[:, :2]), model.predict(obs, obs[:, :2]))
+    other = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, seed=1))
+    obs, act = np.random.default_rng(0).normal(size=(5, 5)), np.zeros((5, 2))
+    first = model.predict(obs, act)  # folds the weights of seed 0
+    model.load_state_dict(other.state_dict())
+    np.testing.assert_array_equal(model.predict(obs, act), other.predict(obs, act))
+    model.reset_parameters(seed=0)
+    model.fitted.fill_(True)
+    np.testing.assert_array_equal(model.predict(obs, act), first)
+    with torch.no_grad():  # the new networks' weights, changed in place, must be seen too
+        next(model.net.parameters()).add_(0.1)
+    np.testing.assert_allclose(model.predict(obs, act), model.predict_members(obs, act).mean(0), rtol=1e-5, atol=1e-6)
+    # half() and float() replace every tensor (rounded to half precision) rather than change it
+    # in place: the folded copy must come from the new ones.
+    model.half().float()
+    np.testing.assert_allclose(model.predict(obs, act), model.predict_members(obs, act).mean(0), rtol=1e-5, atol=1e-6)
 
 
-def test_a_failed_save_keeps_the_previous_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
-    _, path = _saved_model(tmp_path)
-    before = path.read_bytes()
-
-    def fail(*args):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(reward_model.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
-        fitted(RewardEnsemble(VEC_OBS, BOX_ACT, seed=1)).save(path)
-    monkeypatch.undo()
-    assert os.listdir(tmp_path) == ["reward.pt"]
-    assert path.read_bytes() == before
-
-
-@pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
-def test_saved_files_are_as_readable_as_files_written_in_place(tmp_path):
-    _, path = _saved_model(tmp_path)
-    plain = tmp_path / "plain"
-    plain.write_bytes(b"")
-    assert path.stat().st_mode == plain.stat().st_mode
+def test_only_batches_of_up_to_folded_max_rows_take_the_fast_path():
+    model = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, seed=0))
+    calls: list[int] = []
+    model.net.register_forward_hook(lambda module, args, out: calls.append(out.shape[1]))
+    rng = np.random.default_rng(0)
+    for rows in (1, FOLDED_MAX_ROWS, FOLDED_MAX_ROWS + 1):
+        obs, act = rng.normal(size=(rows, 5)), np.zeros((rows, 2))
+        np.testing.assert_allclose(
+            model.predict(obs, act), model.predict_members(obs, act).mean(0), rtol=1e-4, atol=1e-5
+        )
+    # predict_members always runs in torch; predict only for the batch over the limit.
+    assert calls == [1, FOLDED_MAX_ROWS, FOLDED_MAX_ROWS + 1, FOLDED_MAX_ROWS + 1]
 
 
 # ---------------------------------------------------------------- memory of batched inference
@@ -351,7 +177,7 @@ def test_default_inference_batch_comes_from_a_byte_budget():
     assert atari.inference_batch_rows == 264
     assert vector.inference_batch_rows > 100_000
     for model in (big, atari, vector):
-        row_bytes = reward_model.INFERENCE_BATCH_BYTES // model.inference_batch_rows
+        row_bytes = batched_inference.INFERENCE_BATCH_BYTES // model.inference_batch_rows
         assert row_bytes >= 4 * 3 * np.prod(model.obs_shape)  # at least the float input of every member
 
 
@@ -363,10 +189,11 @@ def test_batched_inference_runs_in_budget_sized_batches_unless_told_otherwise(mo
     model.net.register_forward_hook(lambda module, args, out: calls.append(out.shape[1]))
     whole = model.predict_members(obs, act)
     assert calls == [10]
-    row_bytes = reward_model.INFERENCE_BATCH_BYTES // model.inference_batch_rows
-    monkeypatch.setattr(reward_model, "INFERENCE_BATCH_BYTES", 1)
+    row_bytes = batched_inference.INFERENCE_BATCH_BYTES // model.inference_batch_rows
+    # The budget is read where it is defined, at every call.
+    monkeypatch.setattr(batched_inference, "INFERENCE_BATCH_BYTES", 1)
     assert model.inference_batch_rows == 1  # never less than a row
-    monkeypatch.setattr(reward_model, "INFERENCE_BATCH_BYTES", 4 * row_bytes)
+    monkeypatch.setattr(batched_inference, "INFERENCE_BATCH_BYTES", 4 * row_bytes)
     calls.clear()
     np.testing.assert_allclose(model.predict_members(obs, act), whole, rtol=1e-5, atol=1e-6)
     assert calls == [4, 4, 2]
@@ -375,3 +202,99 @@ def test_batched_inference_runs_in_budget_sized_batches_unless_told_otherwise(mo
     assert calls == [3, 3, 3, 1]  # an explicit batch size wins
     with pytest.raises(ValueError, match="batch_size must be a positive number of rows"):
         model.predict_members(obs, act, batch_size=0)
+
+
+def test_the_inference_constants_are_still_importable_from_reward_model():
+    assert reward_model.INFERENCE_BATCH_BYTES == batched_inference.INFERENCE_BATCH_BYTES
+    assert reward_model.INFERENCE_ACTIVATION_FACTOR == batched_inference.INFERENCE_ACTIVATION_FACTOR
+
+
+def test_the_row_estimate_counts_hidden_layers_of_the_built_in_mlp_only():
+    # 4 bytes x members x the widest layer x the activation factor.
+    factor = batched_inference.INFERENCE_ACTIVATION_FACTOR
+    assert batched_inference.inference_row_bytes((5,), 2, 3, (64, 64)) == 4 * 3 * 64 * factor
+    assert batched_inference.inference_row_bytes((5,), 2, 3) == 4 * 3 * 7 * factor
+    assert batched_inference.inference_row_bytes((4, 84, 84), 0, 3) == 4 * 3 * 4 * 84 * 84 * factor
+    wide = RewardEnsemble(VEC_OBS, BOX_ACT, hidden_sizes=(1000,), n_members=3)
+    custom = RewardEnsemble(VEC_OBS, BOX_ACT, hidden_sizes=(1000,), n_members=3, member_factory=LinearMember)
+    assert wide.inference_batch_rows == batched_inference.INFERENCE_BATCH_BYTES // (4 * 3 * 1000 * factor)
+    assert custom.inference_batch_rows == batched_inference.INFERENCE_BATCH_BYTES // (4 * 3 * 5 * factor)
+
+
+def test_a_linear_reward_without_hidden_layers_predicts_on_both_paths():
+    # hidden_sizes=() made the row estimate call max() on a single number (TypeError), and the
+    # folded path expected a first hidden layer.
+    model = fitted(RewardEnsemble(VEC_OBS, BOX_ACT, hidden_sizes=(), use_actions=True, seed=0))
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(size=(300, 5)), rng.uniform(-1, 1, (300, 2))
+    model.set_input_stats(obs * 2 + 1, act * 3)
+    model.calibrate(obs, act)
+    members = model.predict_members(obs, act)
+    np.testing.assert_allclose(members.std(axis=1), 1.0, rtol=1e-3)
+    np.testing.assert_allclose(model.predict(obs[:7], act[:7]), members[:, :7].mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.predict(obs, act), members.mean(0), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- inputs
+def test_saved_keys_and_shapes_stay_as_files_hold_them():
+    # Files written earlier load only into a model with these buffers and shapes; their order
+    # keeps to_bytes() as it was.
+    buffers = ["obs_mean", "obs_std", "act_mean", "act_std", "offset", "scale", "fitted"]
+    mlp = RewardEnsemble(VEC_OBS, BOX_ACT, use_actions=True)
+    shapes = {k: tuple(v.shape) for k, v in mlp.state_dict().items()}
+    assert list(shapes)[: len(buffers)] == buffers
+    assert [shapes[name] for name in buffers] == [(5,), (5,), (2,), (2,), (3,), (3,), ()]
+    assert list(shapes)[len(buffers) :] == [
+        f"net.{name}"
+        for name in ("hidden.0.weight", "hidden.0.bias", "hidden.1.weight", "hidden.1.bias", "out.weight", "out.bias")
+    ]
+    cnn = RewardEnsemble(IMAGES, spaces.Discrete(6), n_members=2)
+    shapes = {k: tuple(v.shape) for k, v in cnn.state_dict().items()}
+    assert list(shapes)[: len(buffers)] == buffers
+    assert [shapes[name] for name in buffers] == [(1,), (1,), (0,), (0,), (2,), (2,), ()]
+
+
+def test_reset_parameters_forgets_the_input_statistics():
+    model = RewardEnsemble(VEC_OBS, BOX_ACT, use_actions=True, seed=0)
+    rng = np.random.default_rng(0)
+    model.set_input_stats(rng.normal(3, 2, (50, 5)), rng.uniform(0, 1, (50, 2)))
+    assert not torch.equal(model.obs_mean, torch.zeros(5)) and not torch.equal(model.act_std, torch.ones(2))
+    model.reset_parameters(seed=0)
+    fresh = RewardEnsemble(VEC_OBS, BOX_ACT, use_actions=True, seed=0)
+    for (name, p), (_, q) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_input_statistics_standardise_vectors_and_continuous_actions_only():
+    rng = np.random.default_rng(0)
+    obs, act = rng.normal(3, 2, (2, 50, 5)), rng.uniform(0, 1, (2, 50, 2))
+    model = RewardEnsemble(VEC_OBS, BOX_ACT, use_actions=True)
+    model.set_input_stats(obs, act)
+    obs_t, act_t = model.preprocess(obs, act)
+    assert tuple(obs_t.shape) == (2, 50, 5) and tuple(act_t.shape) == (2, 50, 2)
+    np.testing.assert_allclose(obs_t.reshape(-1, 5).mean(0).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(act_t.reshape(-1, 2).std(0, unbiased=False).numpy(), 1, rtol=1e-4)
+    discrete = RewardEnsemble(VEC_OBS, spaces.Discrete(3), use_actions=True)
+    images = RewardEnsemble(IMAGES, BOX_ACT)
+    assert discrete._inputs.fitted_stats(obs, np.zeros((2, 50), int)).keys() == {"obs_mean", "obs_std"}
+    assert images._inputs.fitted_stats(np.zeros((3, 84, 84, 4), np.uint8), np.zeros((3, 2))) == {}
+
+
+def test_the_encoder_masks_image_rows_and_reads_channel_last_images():
+    encoder = InputEncoder(IMAGES, spaces.Discrete(6), image_mask_rows=[(0, 10)])
+    assert (encoder.network, encoder.obs_shape, encoder.act_dim) == ("cnn", (4, 84, 84), 0)
+    images = np.full((2, 3, 84, 84, 4), 255, np.uint8)
+    images[..., 0] = 0  # the first channel of a channel-last image
+    obs_t, act_t = encoder.encode(images, np.zeros((2, 3), int), encoder.initial_stats())
+    assert tuple(obs_t.shape) == (2, 3, 4, 84, 84) and tuple(act_t.shape) == (2, 3, 0)
+    assert obs_t[:, :, 0].max() == 0 and obs_t[:, :, 1:, 10:].min() == 1
+    assert obs_t[:, :, :, :10].max() == 0  # masked rows, every channel
+
+
+def test_the_encoder_refuses_what_no_network_reads():
+    with pytest.raises(ValueError, match="network must be 'auto', 'mlp' or 'cnn'"):
+        InputEncoder(VEC_OBS, BOX_ACT, network="rnn")
+    with pytest.raises(ValueError, match="network='cnn' needs"):
+        InputEncoder(VEC_OBS, BOX_ACT, network="cnn")
+    with pytest.raises(UnsupportedSpaceError, match="FlattenObservation"):
+        InputEncoder(spaces.Dict({"x": VEC_OBS}), BOX_ACT)

@@ -34,19 +34,19 @@ def test_disagreement_picks_pairs_the_members_disagree_on(pool):
     rng = np.random.default_rng(1)
     chosen = select_pairs(pool, model, 50, 10, "disagreement", rng)
     random = select_pairs(pool, model, 50, 10, "random", rng)
-    assert chosen["obs"].shape == (50, 2, 10, 3)
-    chosen_var = pair_disagreement(model, chosen["obs"], chosen["actions"]).mean()
-    random_var = pair_disagreement(model, random["obs"], random["actions"]).mean()
+    assert chosen.obs.shape == (50, 2, 10, 3)
+    chosen_var = pair_disagreement(model, chosen.obs, chosen.actions).mean()
+    random_var = pair_disagreement(model, random.obs, random.actions).mean()
     assert chosen_var > 1.5 * random_var
-    per_pair = pair_disagreement(model, chosen["obs"], chosen["actions"])
-    assert per_pair.min() >= np.median(pair_disagreement(model, random["obs"], random["actions"]))
+    per_pair = pair_disagreement(model, chosen.obs, chosen.actions)
+    assert per_pair.min() >= np.median(pair_disagreement(model, random.obs, random.actions))
 
 
 def test_unfitted_model_falls_back_to_random_pairs(pool):
     model = RewardEnsemble(OBS, ACT)
     a = select_pairs(pool, model, 5, 10, "disagreement", np.random.default_rng(3))
     b = select_pairs(pool, model, 5, 10, "random", np.random.default_rng(3))
-    np.testing.assert_array_equal(a["obs"], b["obs"])
+    np.testing.assert_array_equal(a.obs, b.obs)
 
 
 def test_unknown_method_is_refused(pool):
@@ -115,5 +115,5 @@ def test_candidates_are_cut_and_scored_within_a_memory_budget(monkeypatch):
     chosen, cut_sizes = choose(budget)
     assert max(cut_sizes) * step_bytes <= budget and len(cut_sizes) == 10 + 1  # 40 candidates, then the 4 chosen
     unbounded, _ = choose(2**40)
-    np.testing.assert_array_equal(chosen["obs"], unbounded["obs"])
-    assert chosen["obs"].shape == (4, 2, 5, 48, 48, 3)
+    np.testing.assert_array_equal(chosen.obs, unbounded.obs)
+    assert chosen.obs.shape == (4, 2, 5, 48, 48, 3)

@@ -1,9 +1,7 @@
-"""A person's side: the labelling window, driven by scripted keys and by a real X server."""
+"""A person's side: the labelling window, driven by scripted keys: drawing, keys, counts and answers."""
 
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -13,44 +11,14 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from stable_baselines3 import PPO
+from viewer_helpers import train_with_a_person_who_never_answers, wait_until
 
 import gym_prefs
-from gym_prefs import LearnedReward, PreferenceCallback, PreferenceStore, PygameLabeler
-from gym_prefs.processes import process_alive
-from gym_prefs.viewer import Viewer
+import gym_prefs.viewer as viewer_module
+from gym_prefs import LearnedReward, PreferenceCallback, PreferenceStore
+from gym_prefs.viewer import COUNTS_REFRESH, Viewer
 
 pygame = pytest.importorskip("pygame", reason="the labelling window needs pygame: pip install 'gym-prefs[human]'")
-
-
-def train_with_a_person_who_never_answers(path, env_id="CartPole-v1", steps=1024, labels=12, **make_kwargs):
-    env = LearnedReward(gym.make(env_id, **make_kwargs))
-    labeler = PygameLabeler("balance the pole", open_window=False)
-    callback = PreferenceCallback(
-        labeler, total_labels=labels, segment_length=10, initial_label_fraction=0.0, refit_interval=128,
-        store=str(path), seed=0,
-    )
-    model = PPO("MlpPolicy", env, n_steps=128, seed=0, policy_kwargs={"net_arch": [16]})
-    model.learn(steps, callback=callback)
-    callback.close()
-    return model, callback, labeler
-
-
-@pytest.fixture
-def store_path(tmp_path):
-    path = tmp_path / "p.db"
-    train_with_a_person_who_never_answers(path, render_mode="rgb_array")
-    return path
-
-
-def test_training_goes_on_while_queries_wait(tmp_path):
-    model, callback, _ = train_with_a_person_who_never_answers(tmp_path / "p.db", render_mode="rgb_array")
-    assert model.num_timesteps >= 1024  # RL never waited for the person
-    assert callback.num_queries == 12 and callback.num_labels == 0
-    with PreferenceStore(tmp_path / "p.db", readonly=True) as store:
-        assert store.counts()["pending"] == 12
-        assert store.get_meta("instruction") == "balance the pole"
-        clips = store.clips(store.pending_ids()[0])
-        assert clips is not None and clips[0].shape[0] == 10 and clips[0].shape[-1] == 3  # RGB frames
 
 
 def wait_for_pair(viewer, timeout=30.0):
@@ -125,15 +93,6 @@ def test_mujoco_clips_are_rendered_from_stored_states(tmp_path):
     viewer.close()
 
 
-def test_an_env_that_cannot_render_is_refused_at_the_start(tmp_path):
-    env = LearnedReward(gym.make("CartPole-v1"))  # no render_mode
-    model = PPO("MlpPolicy", env, n_steps=128, policy_kwargs={"net_arch": [16]})
-    callback = PreferenceCallback("human", total_labels=10, store=str(tmp_path / "p.db"))
-    with pytest.raises(ValueError, match=r"render_mode='rgb_array'"):
-        model.learn(256, callback=callback)
-    assert model.num_timesteps == 0
-
-
 def test_a_store_without_clips_says_how_to_get_them(tmp_path):
     env = LearnedReward(gym.make("CartPole-v1"))
     callback = PreferenceCallback("oracle", total_labels=4, segment_length=5, store=str(tmp_path / "p.db"))
@@ -143,75 +102,28 @@ def test_a_store_without_clips_says_how_to_get_them(tmp_path):
         Viewer(tmp_path / "p.db")
 
 
-def test_closing_the_window_stops_the_wait_or_pauses_as_chosen(store_path):
-    store = PreferenceStore(store_path)
-    for on_close, still_pending in (("continue", 0), ("pause", 12)):
-        labeler = PygameLabeler(on_close=on_close, open_window=False)
-        labeler.attach(store, 12)
-        labeler.request(store.pending_queries())
-        labeler._viewer = subprocess.Popen([sys.executable, "-c", "pass"])  # a window the person closed
-        labeler._viewer.wait()
-        assert labeler.window_closed
-        assert labeler.pending == still_pending
-        labeler.close()
-    with pytest.raises(ValueError, match="on_close"):
-        PygameLabeler(on_close="explode")
-
-
-@pytest.mark.skipif(not (shutil.which("Xvfb") and shutil.which("xdotool")), reason="needs Xvfb and xdotool "
-                    "(apt-get install xvfb xdotool); .ci/run installs them")
-def test_a_person_labels_in_a_real_window(store_path, tmp_path):
-    display = f":{80 + os.getpid() % 100}"
-    xvfb = subprocess.Popen(["Xvfb", display, "-screen", "0", "1024x768x24"], stderr=subprocess.DEVNULL)
-    env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"} | {"DISPLAY": display}
-    viewer = None
+def test_the_window_class_is_set_before_the_display_starts(store_path, monkeypatch):
+    monkeypatch.delenv("SDL_VIDEO_X11_WMCLASS", raising=False)
+    seen = []
+    start_display = pygame.display.init
+    monkeypatch.setattr(
+        pygame.display, "init", lambda: (seen.append(os.environ.get("SDL_VIDEO_X11_WMCLASS")), start_display())[1]
+    )
+    viewer = Viewer(store_path)
     try:
-        time.sleep(1.0)
-        viewer = subprocess.Popen(
-            [sys.executable, "-m", "gym_prefs.cli", "label", str(store_path), "--exit-when-done"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        window = None
-        deadline = time.time() + 60
-        while window is None and time.time() < deadline:
-            assert viewer.poll() is None, viewer.communicate()[1][-2000:]
-            search = ["xdotool", "search", "--onlyvisible", "--pid", str(viewer.pid)]
-            found = subprocess.run(search, env=env, capture_output=True, text=True)
-            window = found.stdout.split()[0] if found.stdout.split() else None
-            time.sleep(0.2)
-        assert window is not None, "the window did not appear"
-        subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=10)
-        keys = ["Left", "Right", "Up", "Down"] * 3
-        for key in keys:
-            with PreferenceStore(store_path, readonly=True) as store:
-                before = len(store.answers())
-            time.sleep(0.4)  # a person looks at the clips
-            subprocess.run(["xdotool", "key", key], env=env, timeout=10)
-            deadline = time.time() + 20
-            while time.time() < deadline:
-                with PreferenceStore(store_path, readonly=True) as store:
-                    if len(store.answers()) > before:
-                        break
-                time.sleep(0.1)
-        out, err = viewer.communicate(timeout=60)  # closes by itself once nothing is pending
-        assert viewer.returncode == 0, err[-2000:]
-        with PreferenceStore(store_path, readonly=True) as store:
-            labels = [a.label for a in store.answers()]
-        assert labels == ["first", "second", "equal", "skip"] * 3
-        assert "12 answers stored" in out
+        assert seen == ["gym-prefs"]  # SDL reads it when its video system starts
+        assert pygame.display.get_caption()[0].startswith("gym-prefs label")
     finally:
-        if viewer is not None and viewer.poll() is None:
-            viewer.kill()
-        xvfb.terminate()
-
-
-def test_without_pygame_the_labeler_says_how_to_install_it(monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pygame" else real(name, *a))
-    with pytest.raises(ImportError, match=r"pip install 'gym-prefs\[human\]'"):
-        PygameLabeler()
+        viewer.close()
+    # pygame, imported with a display, names the class after the program's file: replaced.
+    monkeypatch.setenv("SDL_VIDEO_X11_WMCLASS", os.path.basename(sys.argv[0]))
+    seen.clear()
+    Viewer(store_path).close()
+    assert seen == ["gym-prefs"]
+    monkeypatch.setenv("SDL_VIDEO_X11_WMCLASS", "my-labelling")  # a class the user chose wins
+    seen.clear()
+    Viewer(store_path).close()
+    assert seen == ["my-labelling"]
 
 
 def record_what_was_on_screen(viewer):
@@ -270,146 +182,6 @@ def test_two_keys_in_one_frame_answer_only_the_pair_on_screen(store_path):
         # Drawn before it was answered, and timed from when it first appeared on screen.
         assert first_drawn[a.query_id] < answered_at[a.query_id]
         assert a.seconds >= answered_at[a.query_id] - first_drawn[a.query_id]
-
-
-def test_a_window_that_ended_is_never_reopened(store_path, capsys):
-    store = PreferenceStore(store_path)
-    ends = {
-        "pass": None,  # the person closed it: exit code 0, nothing to report
-        "raise SystemExit(3)": "exit code 3",
-        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)": "killed by SIGKILL",
-    }
-    for code, reported in ends.items():
-        for on_close, still_pending in (("continue", 0), ("pause", 12)):
-            labeler = PygameLabeler(on_close=on_close)
-            labeler.attach(store, 12)
-            ended = subprocess.Popen([sys.executable, "-c", code])
-            ended.wait()
-            labeler._viewer = ended  # the window it opened has ended, unnoticed so far
-            labeler.request(store.pending_queries()[:6])
-            labeler.request(store.pending_queries()[6:])
-            assert labeler._viewer is ended, "a window that ended was opened again"
-            if on_close == "continue":  # "pause" waits in poll() for answers from a new window
-                assert labeler.poll() == [] and labeler._viewer is ended
-            assert labeler.window_closed and labeler.pending == still_pending
-            assert labeler.window_closed and labeler.pending == still_pending
-            err = capsys.readouterr().err
-            if reported is None:
-                assert "labelling window" not in err
-            else:
-                assert err.count("the labelling window ended unexpectedly") == 1, err  # once
-                assert reported in err and f"gym-prefs label {store_path}" in err
-            labeler.close()
-    store.close()
-
-
-def wait_until(condition, timeout, message):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.05)
-
-
-def has_open(pid, path):
-    """Whether process ``pid`` has the file ``path`` open (always true where /proc is missing)."""
-    if not os.path.isdir(f"/proc/{pid}/fd"):
-        return not os.path.isdir("/proc")
-    try:
-        return any(os.path.realpath(link.path) == os.path.realpath(path) for link in os.scandir(f"/proc/{pid}/fd"))
-    except OSError:
-        return False
-
-
-def test_close_ends_the_window_and_attach_opens_a_new_one(store_path, capsys):
-    store = PreferenceStore(store_path)
-    labeler = PygameLabeler()
-    labeler.attach(store, 12)
-    labeler.request(store.pending_queries())
-    first = labeler._viewer
-    assert first is not None and first.poll() is None
-    wait_until(lambda: has_open(first.pid, store_path), 60, "the window never opened the store")
-    labeler.close()  # learn() ended: the window closes its store too, while this process has it open
-    assert first.poll() is not None and not process_alive(first.pid)
-    assert labeler.poll() == []  # nothing to read from until attached again
-    labeler.attach(store, 12)  # the next learn()
-    assert labeler._viewer is None
-    assert labeler.poll() == []  # the queries still waiting open a new window
-    second = labeler._viewer
-    assert second is not None and second.poll() is None and second.pid != first.pid
-    assert not labeler.window_closed and labeler.pending == 12
-    second.kill()
-    second.wait()
-    labeler.request(store.pending_queries())
-    assert labeler._viewer is second and labeler.window_closed and labeler.pending == 0
-    assert "killed by SIGKILL" in capsys.readouterr().err
-    labeler.close()
-    store.close()
-
-
-TRAINING_SCRIPT = """
-import sys, time
-from gym_prefs import PreferenceStore, PygameLabeler
-store = PreferenceStore(sys.argv[1])
-labeler = PygameLabeler("balance the pole")
-labeler.attach(store, 12)
-labeler.request(store.pending_queries())
-print(labeler._viewer.pid, flush=True)
-time.sleep(4)  # training, while the window shows pairs
-if sys.argv[2] == "raise":
-    raise RuntimeError("training failed")
-if sys.argv[2] == "kill":
-    import os, signal
-    os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
-@pytest.mark.parametrize("how", ["return", "raise"])
-def test_the_window_ends_with_the_training_process(store_path, how):
-    training = subprocess.Popen(
-        [sys.executable, "-c", TRAINING_SCRIPT, str(store_path), how], stdout=subprocess.PIPE, text=True
-    )
-    viewer_pid = int(training.stdout.readline())
-    assert process_alive(viewer_pid)
-    training.wait(timeout=60)  # not communicate(): the window shares its stdout, and may outlive it
-    assert training.returncode == (0 if how == "return" else 1)
-    # Ended by the training process on its way out, not 0.5 s later by the viewer's own check.
-    assert not process_alive(viewer_pid)
-
-
-def test_the_window_closes_when_the_training_process_is_killed(store_path):
-    training = subprocess.Popen(
-        [sys.executable, "-c", TRAINING_SCRIPT, str(store_path), "kill"], stdout=subprocess.PIPE, text=True
-    )
-    viewer_pid = int(training.stdout.readline())
-    training.wait(timeout=60)  # not communicate(): the window shares its stdout
-    assert training.returncode == -signal.SIGKILL
-    killed = time.monotonic()
-    wait_until(lambda: not process_alive(viewer_pid), 10, "the window outlived the killed training")
-    print(f"window closed {time.monotonic() - killed:.2f} s after the training process was killed")
-
-
-def test_exit_with_closes_the_window_when_that_process_dies(store_path):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    viewer = subprocess.Popen(
-        [sys.executable, "-m", "gym_prefs.cli", "label", str(store_path), "--exit-with", str(sleeper.pid)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        time.sleep(5)  # started up
-        assert viewer.poll() is None, viewer.communicate()[1][-2000:]
-        sleeper.kill()
-        sleeper.wait()
-        killed = time.monotonic()
-        out, err = viewer.communicate(timeout=10)
-        print(f"window closed {time.monotonic() - killed:.2f} s after process {sleeper.pid} was killed")
-        assert viewer.returncode == 0, err[-2000:]
-        assert f"process {sleeper.pid} (--exit-with) has ended, so the window closes" in err
-        assert "0 answers stored" in out
-    finally:
-        for process in (sleeper, viewer):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def test_exit_with_is_checked_every_half_second(store_path):
@@ -502,3 +274,35 @@ def test_killing_the_window_loses_no_answer_and_counts_none_twice(tmp_path):
         assert counts["pending"] == queries - len(ids)
     assert rounds >= 3
     print(f"{rounds} rounds, {len(acked)} answers acknowledged of {queries}")
+
+
+def test_a_frame_makes_no_sql_query_and_an_answer_is_counted_at_once(store_path):
+    viewer = Viewer(store_path, exit_when_done=True)
+    wait_for_pair(viewer)
+    statements = []
+    viewer.store._connection.set_trace_callback(statements.append)
+    start = time.monotonic()
+    for _ in range(30):
+        viewer.step()
+    elapsed = time.monotonic() - start
+    # Two queries (the queries waiting, the labels) at most every COUNTS_REFRESH seconds, not in every frame.
+    assert len(statements) <= 2 * (elapsed / COUNTS_REFRESH + 1), statements
+    assert (viewer.progress.labels, viewer.progress.pending) == (0, 12)
+    press(viewer, pygame.K_LEFT)
+    assert (viewer.progress.labels, viewer.progress.pending) == (1, 11)  # shown in the very next frame
+    viewer.store._connection.set_trace_callback(None)
+    viewer.close()
+
+
+def test_the_window_keeps_only_the_latest_timings(store_path, monkeypatch):
+    monkeypatch.setattr(viewer_module, "RECENT", 2)
+    viewer = Viewer(store_path)
+    for key in (pygame.K_LEFT, pygame.K_RIGHT, pygame.K_UP):
+        press(viewer, key)
+    wait_for_pair(viewer)
+    viewer.step()
+    # Three answers, each followed by a new pair on screen, and many frames: the latest 2 of each kept.
+    assert viewer.answers_given == 3 and viewer.frames_drawn > 3
+    assert len(viewer.latencies) == 2 and len(viewer.frame_times) == 2
+    assert all(0 <= latency < 30 for latency in viewer.latencies)
+    viewer.close()

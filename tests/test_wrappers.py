@@ -1,12 +1,26 @@
+from typing import Any, ClassVar
+
 import gymnasium as gym
 import numpy as np
 import pytest
+from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecFrameStack, VecNormalize
 
 from gym_prefs import LearnedReward, RewardEnsemble, UnsupportedSpaceError, VecLearnedReward
+from gym_prefs.atari import HideEpisodeEnds
+from gym_prefs.reward_core import RewardCore
+from gym_prefs.segments import SegmentPool
+from gym_prefs.wrappers import (
+    EPISODE_ENDED_KEY,
+    EPISODE_RETURNS_KEY,
+    LEARNED_RETURN_KEY,
+    LENGTH_KEY,
+    TRUE_RETURN_KEY,
+    TRUE_REWARD_KEY,
+)
 from tests.conftest import DictObsEnv, TinyImageEnv
 
 
@@ -182,3 +196,111 @@ def test_vec_wrapper_over_subprocesses():
 def test_dummy_vec_env_of_per_env_wrappers_is_fine():
     venv = DummyVecEnv([lambda: LearnedReward(gym.make("CartPole-v1"))] * 2)
     assert all(venv.env_is_wrapped(LearnedReward))
+
+
+# ---------------------------------------------------------------- both wrappers, one core
+
+
+class Countdown(gym.Env[np.ndarray, np.ndarray]):
+    """Episodes of exactly ``length`` steps, reward 1 a step: where every episode ends is known."""
+
+    observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
+    action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    metadata: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, length: int = 4) -> None:
+        self.length = length
+        self.t = 0
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.t / self.length], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 1.0, self.t >= self.length, False, {}
+
+
+def test_the_per_env_wrapper_ends_episodes_hidden_from_the_agent():
+    # LearnedReward outside HideEpisodeEnds: the agent sees one endless episode, the reward
+    # wrapper still ends its episodes where the env's did.
+    env = LearnedReward(HideEpisodeEnds(Countdown(length=4)), reward_model=fitted_model(Countdown()))
+    env.reset(seed=0)
+    reported = []
+    for t in range(1, 11):
+        _, reward, terminated, truncated, info = env.step(np.zeros(1, np.float32))
+        assert not (terminated or truncated) and isinstance(reward, float)
+        assert (EPISODE_RETURNS_KEY in info) == info.get(EPISODE_ENDED_KEY, False) == (t % 4 == 0)
+        if EPISODE_RETURNS_KEY in info:
+            reported.append(info[EPISODE_RETURNS_KEY])
+    assert [r[LENGTH_KEY] for r in reported] == [4, 4]
+    assert [r[TRUE_RETURN_KEY] for r in reported] == [4.0, 4.0]
+    batch = env.pop_transitions()
+    assert batch.episodes[:, 0].tolist() == [0] * 4 + [1] * 4 + [2] * 2
+    pool = SegmentPool(env.observation_space, env.action_space, n_streams=1, capacity=100)
+    pool.add(0, batch)
+    assert pool.num_segments(4) == 2 and pool.num_segments(5) == 0  # no segment crosses an end
+
+
+def test_both_wrappers_record_and_report_the_same_episodes():
+    model = fitted_model(Countdown())
+    per_env = LearnedReward(HideEpisodeEnds(Countdown(length=3)), reward_model=model)
+    batched = VecLearnedReward(DummyVecEnv([lambda: HideEpisodeEnds(Countdown(length=3))]), reward_model=model)
+    per_env.reset(seed=0)
+    batched.reset()
+    actions = np.random.default_rng(0).uniform(-1, 1, (8, 1)).astype(np.float32)
+    for action in actions:
+        _, reward, _, _, info = per_env.step(action)
+        _, rewards, _, infos = batched.step(action[None])
+        assert isinstance(reward, float) and rewards.dtype == np.float32
+        assert reward == pytest.approx(float(rewards[0]))
+        assert info[TRUE_REWARD_KEY] == infos[0][TRUE_REWARD_KEY]
+        assert info.get(EPISODE_RETURNS_KEY) == pytest.approx(infos[0].get(EPISODE_RETURNS_KEY))
+    one, many = per_env.pop_transitions(), batched.pop_transitions()
+    assert one.episodes.tolist() == many.episodes.tolist() == [[0]] * 3 + [[1]] * 3 + [[2]] * 2
+    np.testing.assert_array_equal(one.learned_rewards, many.learned_rewards)
+    assert per_env.inference_seconds > 0 and batched.inference_seconds > 0
+
+
+def test_episode_returns_use_the_named_keys():
+    env = LearnedReward(Countdown(length=2), reward_model=fitted_model(Countdown()))
+    env.reset(seed=0)
+    env.step(np.zeros(1, np.float32))
+    *_, info = env.step(np.zeros(1, np.float32))
+    assert set(info[EPISODE_RETURNS_KEY]) == {TRUE_RETURN_KEY, LEARNED_RETURN_KEY, LENGTH_KEY}
+    assert info[EPISODE_RETURNS_KEY][TRUE_RETURN_KEY] == info[TRUE_REWARD_KEY] * 2
+
+
+def test_both_wrappers_refuse_a_step_before_reset():
+    with pytest.raises(gym.error.ResetNeeded, match=r"reset\(\) before step\(\)"):
+        LearnedReward(Countdown()).step(np.zeros(1, np.float32))
+    with pytest.raises(RuntimeError, match=r"reset\(\) before step\(\)"):
+        VecLearnedReward(DummyVecEnv([Countdown])).step(np.zeros((1, 1), np.float32))
+    core = RewardCore(Countdown.observation_space, Countdown.action_space, n_envs=1)
+    with pytest.raises(RuntimeError, match="reset the envs"):
+        core.step(np.zeros((1, 1), np.float32), np.zeros((1, 1)), np.ones(1), np.zeros(1, bool), [{}])
+
+
+def test_a_reset_mid_episode_starts_a_new_recorded_episode():
+    env = LearnedReward(Countdown(length=10))
+    env.reset(seed=0)
+    env.step(np.zeros(1, np.float32))
+    env.reset()  # before the episode ended: the next steps must not join it into one segment
+    env.reset()  # nothing stepped since: no empty episode is counted
+    env.step(np.zeros(1, np.float32))
+    assert env.pop_transitions().episodes[:, 0].tolist() == [0, 1]
+
+
+def test_swapping_the_model_checks_its_spaces_in_both_wrappers():
+    model = fitted_model(Countdown())
+    other = fitted_model(gym.make("CartPole-v1"))
+    for wrapper in (LearnedReward(Countdown()), VecLearnedReward(DummyVecEnv([Countdown]))):
+        wrapper.set_reward_model(model)
+        assert wrapper.reward_model is model
+        with pytest.raises(ValueError, match="use a reward model made for this env"):
+            wrapper.set_reward_model(other)
+        assert wrapper.reward_model is model

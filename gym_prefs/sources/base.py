@@ -2,89 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import operator
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from gym_prefs.segments import Segment
+# The records live in a neutral module (the store reads them without loading any source).
+from gym_prefs.records import LABELS, PREFERENCE_OF, Answer, Label, Query
 
 __all__ = ["LABELS", "PREFERENCE_OF", "Answer", "Label", "PreferenceSource", "Query"]
-
-#: ``"first"`` / ``"second"``: that segment is better; ``"equal"``: equally good;
-#: ``"skip"``: can't tell (the pair is dropped and never trained on).
-Label = Literal["first", "second", "equal", "skip"]
-LABELS: tuple[Label, ...] = ("first", "second", "equal", "skip")
-#: Probability that the first segment is preferred, for each label that is trained on.
-PREFERENCE_OF: dict[str, float] = {"first": 1.0, "second": 0.0, "equal": 0.5}
-
-
-@dataclass(frozen=True)
-class Query:
-    """A pair of segments to compare.
-
-    Attributes:
-        id: unique within a run; answers refer to it.
-        first: the first (left) segment.
-        second: the second (right) segment.
-
-    Example:
-        >>> import numpy as np
-        >>> clip = Segment(np.zeros((2, 1)), np.zeros((2, 1)), np.zeros(2))
-        >>> Query(0, clip, clip).id
-        0
-    """
-
-    id: int
-    first: Segment
-    second: Segment
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A labeler's verdict on one query.
-
-    Attributes:
-        query_id: the :attr:`Query.id` answered.
-        label: see :data:`Label`.
-        labeler: who answered (``"oracle"``, a person's name, ...).
-        seconds: how long the answer took.
-
-    Example:
-        >>> Answer(3, "equal", labeler="ann", seconds=4.2).label
-        'equal'
-        >>> Answer(3, "maybe")
-        Traceback (most recent call last):
-        ...
-        ValueError: label must be one of ('first', 'second', 'equal', 'skip'), got 'maybe'
-
-        Integer ids of any kind (NumPy's included) become plain ``int``:
-
-        >>> import numpy as np
-        >>> type(Answer(np.int64(3), "first").query_id)
-        <class 'int'>
-    """
-
-    query_id: int
-    label: Label
-    labeler: str = "unknown"
-    seconds: float = 0.0
-
-    def __post_init__(self) -> None:
-        try:
-            query_id = operator.index(self.query_id)
-        except TypeError:
-            raise TypeError(f"query_id must be an integer (a Query.id), got {self.query_id!r}") from None
-        # Frozen: normalise through object.__setattr__ so that the store always gets a plain int.
-        object.__setattr__(self, "query_id", int(query_id))
-        if not isinstance(self.label, str) or self.label not in LABELS:
-            raise ValueError(f"label must be one of {LABELS}, got {self.label!r}")
-        object.__setattr__(self, "labeler", str(self.labeler))
-        seconds = float(self.seconds)
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError(f"seconds must be a finite duration >= 0, got {self.seconds!r}")
-        object.__setattr__(self, "seconds", seconds)
 
 
 @runtime_checkable

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gym_prefs.sources.base import Answer, Label, Query
+from gym_prefs.records import EQUAL, FIRST, SECOND, SKIP, Answer, Label, Query
 
 __all__ = ["SyntheticOracle"]
 
@@ -100,14 +100,14 @@ class SyntheticOracle:
             tie = m1 == m2
         flip = self.rng.random(len(r1)) < self.mistake_rate
         first_wins = first_wins ^ flip
-        labels = np.where(first_wins, "first", "second").astype(object)
-        labels[tie] = "equal"
-        labels[np.abs(r1 - r2) < self.equal_threshold] = "equal"
+        labels = np.where(first_wins, FIRST, SECOND).astype(object)
+        labels[tie] = EQUAL
+        labels[np.abs(r1 - r2) < self.equal_threshold] = EQUAL
         if self.skip_threshold is not None:
-            labels[np.maximum(r1, r2) < self.skip_threshold] = "skip"
+            labels[np.maximum(r1, r2) < self.skip_threshold] = SKIP
         # A NaN would compare as False everywhere above, which made it "second": say can't tell.
         if unknown.any():
-            labels[unknown] = "skip"
+            labels[unknown] = SKIP
             if not self._warned_not_finite:
                 warnings.warn(
                     f"{int(unknown.sum())} of {len(labels)} pairs have a NaN or infinite true reward; the oracle "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,17 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from gym_prefs.processes import ended_how
-from gym_prefs.sources.base import Answer, Query
+from gym_prefs.records import Answer, Query
+from gym_prefs.viewer_drawing import require_pygame
 
 __all__ = ["PygameLabeler", "require_pygame"]
-
-
-def require_pygame() -> None:
-    """Fail now, with the install command, if the labelling window cannot be opened."""
-    if importlib.util.find_spec("pygame") is None:
-        raise ImportError(
-            "a person labels in a pygame window, and pygame is not installed: pip install 'gym-prefs[human]'"
-        )
 
 
 ON_CLOSE = ("continue", "pause")
@@ -117,22 +109,19 @@ class PygameLabeler:
         store.set_meta("total_labels", str(total_labels))
         self._store = PreferenceStore(store.path, readonly=True)
 
-    @property
-    def store_path(self) -> Path | None:
-        return None if self._store is None else Path(self._store.path)
-
     def _open_viewer(self) -> None:
         # Opened once per attach: a window that ended (closed by the person, killed, crashed)
         # stays closed, whatever is asked later.
         if not self.open_window or self._viewer is not None or self._store is None:
             return
-        # Its own program: nothing re-imports the user's training script. It closes by itself
-        # when this process ends, even when killed (--exit-with), so no window outlives training.
+        # Its own program (python -m gym_prefs.viewer): nothing re-imports the user's training
+        # script. It closes by itself when this process ends, even when killed (--exit-with), so
+        # no window outlives training.
         self._viewer = subprocess.Popen(
             [
                 sys.executable,
-                "-c",
-                "import sys; from gym_prefs.viewer import main; sys.exit(main())",
+                "-m",
+                "gym_prefs.viewer",
                 str(self._store.path),
                 "--instruction",
                 self.instruction,

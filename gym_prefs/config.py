@@ -1,0 +1,134 @@
+"""The settings of the preference loop: one frozen, validated record of plain values."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from gym_prefs.fitters import FITTING_MODES
+from gym_prefs.schedules import LabelSchedule
+from gym_prefs.selection import SELECTION_METHODS
+
+__all__ = ["PreferenceConfig"]
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """How :class:`~gym_prefs.PreferenceCallback` runs the loop of Christiano et al. (2017).
+
+    Every field is a plain value (or has one), so a YAML or JSON file (rl-zoo3's
+    ``callback:`` entry, say) can give any of them to ``PreferenceCallback(**settings)``.
+    Each is checked once, here, so a bad value fails before ``learn()`` starts.
+
+    Attributes:
+        total_labels: the label budget (queries asked, including those answered "can't tell").
+        segment_length: steps per segment; ``None`` takes 1.5 s of simulated time from the
+            env's ``dt``, at most 60 steps (the paper's range), or 25 steps when it has none.
+        initial_label_fraction: share of the budget asked before RL starts (paper: 0.25).
+        schedule: ``"decay"`` (rate ∝ scale/(T + scale), the paper's) or ``"constant"``.
+        schedule_scale: the decay's time scale in timesteps (paper: 2e6).
+        selection: ``"disagreement"`` (the paper's) or ``"random"``.
+        candidates_factor: candidate pairs sampled per query for disagreement selection.
+        refit_interval: timesteps between label requests and refits; ``None`` spreads 50 of
+            them over the run.
+        initial_fit_epochs: epochs of the first fit, before RL.
+        fit_epochs: epochs of each later refit.
+        batch_size: labelled pairs per minibatch.
+        learning_rate: Adam learning rate of the reward model.
+        reward_model: a :class:`~gym_prefs.RewardEnsemble`, a path to a saved one, a dict of
+            :class:`~gym_prefs.RewardEnsemble` keyword arguments, or ``None`` to use the
+            wrappers' model.
+        pool_size: most recent steps (over all envs) that segments are cut from.
+        pool_bytes: memory cap of that pool; image observations get fewer steps.
+        max_comparisons: fit on the newest this many labels only (``None``: all; the
+            paper's Atari setting: 3,000).
+        initial_steps: steps of the initial policy to run before RL (``None``: enough for the
+            initial pairs).
+        relabel_replay_buffer: relabel an off-policy replay buffer after every refit.
+        fitting: where the reward model is fitted. ``"process"`` (default): in a worker
+            process while the next rollout runs, as in the paper, where fitting and RL run
+            side by side; ``"thread"``: in a background thread (shares the interpreter lock
+            with RL); ``"inline"``: in place, RL waits. In the background modes the fit started
+            at one update is always applied at the next, so seeded runs are reproducible and
+            all three modes give the same models; the agent's reward lags the newest labels by
+            one update.
+        initial_label_timeout: seconds to wait for the labels asked before RL starts before
+            giving up with ``TimeoutError`` (every answer so far stays in the store, and a
+            restart goes on from there); ``None`` waits as long as it takes (a person may take
+            a while), saying every minute what it waits for.
+        seed: seed for segment sampling, bootstrap samples and the oracle.
+
+    Example:
+        >>> config = PreferenceConfig(total_labels=200, fit_epochs=3)
+        >>> config.replace(selection="random").selection
+        'random'
+        >>> PreferenceConfig(selection="best")
+        Traceback (most recent call last):
+        ...
+        ValueError: selection must be one of ('disagreement', 'random'), got 'best'
+    """
+
+    total_labels: int = 700
+    segment_length: int | None = None
+    initial_label_fraction: float = 0.25
+    schedule: str = "decay"
+    schedule_scale: float = 2e6
+    selection: str = "disagreement"
+    candidates_factor: int = 10
+    refit_interval: int | None = None
+    initial_fit_epochs: int = 100
+    fit_epochs: int = 5
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    reward_model: Any = None
+    pool_size: int = 50_000
+    pool_bytes: int = 512 * 2**20
+    max_comparisons: int | None = None
+    initial_steps: int | None = None
+    relabel_replay_buffer: bool = True
+    fitting: str = "process"
+    initial_label_timeout: float | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.selection not in SELECTION_METHODS:
+            raise ValueError(f"selection must be one of {SELECTION_METHODS}, got {self.selection!r}")
+        if self.fitting not in FITTING_MODES:
+            raise ValueError(f"fitting must be one of {FITTING_MODES}, got {self.fitting!r}")
+        for name in ("segment_length", "refit_interval", "initial_steps", "max_comparisons"):
+            value = getattr(self, name)
+            if value is not None and not value >= 1:
+                raise ValueError(f"{name} must be positive or None, got {value}")
+        for name in ("candidates_factor", "initial_fit_epochs", "fit_epochs", "batch_size", "pool_size", "pool_bytes"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.initial_label_timeout is not None and not self.initial_label_timeout > 0:
+            raise ValueError(f"initial_label_timeout must be positive or None, got {self.initial_label_timeout}")
+        # The schedule checks the budget, the fraction and the kind.
+        LabelSchedule(self.total_labels, 1, self.initial_label_fraction, self.schedule, self.schedule_scale)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], base: PreferenceConfig | None = None) -> PreferenceConfig:
+        """``base`` (or the defaults) with ``settings`` changed; unknown names are an error naming the known."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise TypeError(f"unknown PreferenceCallback setting(s) {unknown}; the settings are {sorted(known)}")
+        return dataclasses.replace(base or cls(), **settings)
+
+    def replace(self, **changes: Any) -> PreferenceConfig:
+        """A copy with ``changes`` (validated again)."""
+        return self.from_settings(changes, base=self)
+
+    def label_schedule(self, horizon: int) -> LabelSchedule:
+        """The label schedule for a ``learn()`` call of ``horizon`` timesteps."""
+        return LabelSchedule(
+            self.total_labels, horizon, self.initial_label_fraction, self.schedule, self.schedule_scale
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as keyword arguments (for ``PreferenceCallback(**settings)``, a JSON log, ...)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
