@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from gym_prefs.config import PreferenceConfig
 from gym_prefs.fitting import FitReport
@@ -30,7 +29,7 @@ from gym_prefs.publishing import EpisodeReturns
 from gym_prefs.records import SegmentPairs
 from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.run_setup import RunParts
-from gym_prefs.sb3_internals import check_relabelable, learn_horizon, run_policy
+from gym_prefs.sb3_internals import learn_horizon, run_policy
 from gym_prefs.segments import DEFAULT_SEGMENT_LENGTH
 from gym_prefs.selection import select_pairs
 from gym_prefs.sources import PreferenceSource, make_source
@@ -47,16 +46,15 @@ class PreferenceCallback(BaseCallback):
     :class:`~gym_prefs.VecLearnedReward` (the VecEnv). The callback then runs the loop of
     Christiano et al. (2017):
 
-    1. Before RL starts, it runs the initial policy, asks for ``initial_label_fraction`` of
-       the budget on pairs of its segments, waits for the answers and fits the reward model
-       for ``initial_fit_epochs``.
-    2. Every ``refit_interval`` timesteps (at the next rollout boundary) it cuts segments from
-       the recent steps, asks for the labels due by the schedule (pairs chosen by ensemble
-       disagreement or at random) and collects whatever answers have arrived. It then hands
-       the wrappers the model fitted since the previous update (re-normalised on labelled
-       steps) and starts fitting on all labels for ``fit_epochs`` in the background. On-policy
-       algorithms thus see one reward model per rollout; off-policy algorithms get their
-       replay buffer relabelled with each new model. (What it logs: see :mod:`gym_prefs.callback`.)
+    1. Before RL, it runs the initial policy, asks for ``initial_label_fraction`` of the budget
+       on pairs of its segments, waits for the answers and fits the reward model.
+    2. Every ``refit_interval`` timesteps (at a rollout boundary) it asks for the labels due
+       (pairs chosen by ensemble disagreement or at random), collects the answers that have
+       arrived, hands the wrappers the model fitted since the previous update and starts the
+       next fit, on all labels, in the background. On-policy algorithms see one reward model
+       per rollout; off-policy replay buffers are relabelled with each new model.
+
+    What it logs is listed in :mod:`gym_prefs.callback`.
 
     Args:
         source: who labels: ``"oracle"``, ``"human"`` or a :class:`~gym_prefs.PreferenceSource`.
@@ -107,7 +105,6 @@ class PreferenceCallback(BaseCallback):
         self._parts: RunParts | None = None  # built at the first learn(), then kept
         self._interval = self._next_update = 0
 
-    # ------------------------------------------------------------------ state
     @property
     def parts(self) -> RunParts:
         if self._parts is None:
@@ -159,15 +156,7 @@ class PreferenceCallback(BaseCallback):
             )
             # Closed at garbage collection or exit too: no script needs to call close().
             weakref.finalize(self, _close, self._parts, self.source if self._owns_source else None)
-        parts = self.parts
-        parts.attach(self.training_env, self.config, self.source)
-        attach = getattr(self.source, "attach", None)
-        if callable(attach):
-            attach(parts.store, self.config.total_labels)
-        # Also at a later learn(): the source was closed when the previous one ended.
-        parts.labelling.resume()
-        if isinstance(self.model, OffPolicyAlgorithm) and self.config.relabel_replay_buffer:
-            check_relabelable(self.model, parts.model)
+        self.parts.attach(self.training_env, self.model, self.config, self.source)
 
     def close(self) -> None:
         """Stop fitting, close the source and the store the callback opened (also done at exit)."""

@@ -11,6 +11,7 @@ from typing import Any
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import HumanOutputFormat, Logger
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from gym_prefs.comparisons import Comparisons
@@ -20,6 +21,7 @@ from gym_prefs.fitters import Fitter, make_fitter
 from gym_prefs.labelling import LabellingSide
 from gym_prefs.publishing import Publisher
 from gym_prefs.reward_model import RewardEnsemble
+from gym_prefs.sb3_internals import check_relabelable
 from gym_prefs.segments import ClipSpec, SegmentPool, steps_for_bytes
 from gym_prefs.sources.base import PreferenceSource
 from gym_prefs.store import PreferenceStore
@@ -171,8 +173,12 @@ class RunParts:
             pool_env=venv,
         )
 
-    def attach(self, venv: VecEnv, config: PreferenceConfig, source: PreferenceSource) -> None:
-        """Use ``venv`` (this ``learn()``'s env): its wrappers get the model; a new env gets a new pool."""
+    def attach(self, venv: VecEnv, algo: BaseAlgorithm, config: PreferenceConfig, source: PreferenceSource) -> None:
+        """Get ready for a ``learn()`` call of ``algo`` on ``venv`` (at every call, the first included).
+
+        The wrappers get the run's model, a new env gets a new pool, the source the store, and
+        the source is asked again what is pending (it was closed when the last ``learn()`` ended).
+        """
         self.wrappers = self.publisher.wrappers = link_reward_wrappers(venv)
         obs_space, act_space = self.wrappers.spaces()
         check_model_spaces(self.model, obs_space, act_space)
@@ -180,6 +186,12 @@ class RunParts:
         if self.pool_env is not venv:
             self.pool = _pool_for(venv, self.wrappers, self.store, config, source)
             self.pool_env = venv
+        attach = getattr(source, "attach", None)
+        if callable(attach):  # a person's source shows the store's clips
+            attach(self.store, config.total_labels)
+        self.labelling.resume()
+        if isinstance(algo, OffPolicyAlgorithm) and config.relabel_replay_buffer:
+            check_relabelable(algo, self.model)
 
     def check_something_to_learn(self, total_labels: int) -> None:
         """Raise ``ValueError`` when there is no budget, no stored label and no fitted model."""

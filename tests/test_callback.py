@@ -289,3 +289,16 @@ def test_seeded_runs_are_reproducible_and_every_fitting_mode_gives_the_same_mode
     for mode in ("process", "thread", "inline"):
         again, _ = run(mode)
         np.testing.assert_allclose(again, first, rtol=1e-6, err_msg=mode)
+
+
+def test_a_callback_nobody_closes_stops_its_fitting_process_and_closes_its_store(tmp_path):
+    import gc
+
+    env = LearnedReward(gym.make("Pendulum-v1"))
+    prefs = PreferenceCallback("oracle", total_labels=10, segment_length=10, fitting="process", store=tmp_path / "p.db")
+    make_algo(PPO, env).learn(512, callback=prefs)
+    worker, store = prefs.parts.fitter.worker, prefs.store
+    assert worker.alive and store is not None and not store.closed
+    del prefs
+    gc.collect()
+    assert not worker.alive and store.closed  # what it built is closed without a close() call

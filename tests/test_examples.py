@@ -23,7 +23,11 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def test_example_smoke_mode(script, artefact, expected, tmp_path):
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", MUJOCO_GL="egl")
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), "--smoke"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [sys.executable, str(EXAMPLES / script), "--smoke"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
