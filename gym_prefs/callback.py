@@ -32,7 +32,7 @@ from gym_prefs.run_setup import RunParts
 from gym_prefs.sb3_internals import learn_horizon, run_policy
 from gym_prefs.segments import DEFAULT_SEGMENT_LENGTH
 from gym_prefs.selection import select_pairs
-from gym_prefs.sources import PreferenceSource, make_source
+from gym_prefs.sources import PERSON_SOURCES, PreferenceSource, make_source
 from gym_prefs.store import PreferenceStore
 from gym_prefs.timings import Timings
 
@@ -57,7 +57,8 @@ class PreferenceCallback(BaseCallback):
     What it logs is listed in :mod:`gym_prefs.callback`.
 
     Args:
-        source: who labels: ``"oracle"``, ``"human"`` or a :class:`~gym_prefs.PreferenceSource`.
+        source: who labels: ``"oracle"``, ``"human"`` (a pygame window), ``"web"`` (a page in a
+            browser) or a :class:`~gym_prefs.PreferenceSource`.
         config: the loop's settings (:class:`~gym_prefs.PreferenceConfig`; the defaults if
             ``None``); ``settings`` change single ones.
         store: the :class:`~gym_prefs.PreferenceStore` (or its path) every query and answer
@@ -65,6 +66,8 @@ class PreferenceCallback(BaseCallback):
             ``preferences.db`` beside SB3's logs, else under ``runs/ENV-TIME/``. A run started
             on a store with labels continues from them; a store in use by another live run is
             refused with :class:`~gym_prefs.StoreBusyError`.
+        instruction: what a person should teach, shown with every pair (``"human"`` and
+            ``"web"`` only; a source object takes its own).
         verbose: 0 silent, 1 a line per fit.
         **settings: any field of :class:`~gym_prefs.PreferenceConfig` (``total_labels``,
             ``segment_length``, ``fitting``, ``seed``, ...), as plain values.
@@ -90,12 +93,13 @@ class PreferenceCallback(BaseCallback):
         *,
         config: PreferenceConfig | None = None,
         store: str | os.PathLike[str] | PreferenceStore | None = None,
+        instruction: str | None = None,
         verbose: int = 0,
         **settings: Any,
     ) -> None:
         super().__init__(verbose)
         self.config = PreferenceConfig.from_settings(settings, base=config)
-        self.source = make_source(source, seed=self.config.seed)
+        self.source = make_source(source, seed=self.config.seed, **_person_kwargs(source, instruction))
         self._owns_source = isinstance(source, str)
         self._store_spec = store
         self.rng = np.random.default_rng(self.config.seed)
@@ -273,6 +277,17 @@ def _roll_out_initial_policy(algo: BaseAlgorithm, parts: RunParts, count: int, i
         run_policy(algo, ran)
         parts.drain()
         ran *= 2
+
+
+def _person_kwargs(source: str | PreferenceSource, instruction: str | None) -> dict[str, Any]:
+    if instruction is None:
+        return {}
+    if source not in PERSON_SOURCES:
+        raise ValueError(
+            f"instruction= is shown to a person, so it goes with the source 'human' or 'web', not {source!r} "
+            "(a source object takes its own instruction)"
+        )
+    return {"instruction": instruction}
 
 
 def _close(parts: RunParts, source: PreferenceSource | None) -> None:

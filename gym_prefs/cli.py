@@ -1,7 +1,8 @@
 """The ``gym-prefs`` command line.
 
 ``gym-prefs train`` lives in :mod:`gym_prefs.cli_train`; ``gym-prefs label`` is the labelling
-window's own program (:mod:`gym_prefs.viewer`), to which this one hands its arguments.
+window's own program (:mod:`gym_prefs.viewer`) and ``gym-prefs serve`` the labelling web server's
+(:mod:`gym_prefs.web`), to which this one hands their arguments.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
     # The labelling window is its own program with its own options (python -m gym_prefs.viewer):
     # main() hands `gym-prefs label ...` over to it; this entry only lists the command.
     commands.add_parser("label", help="label a store's pending clip pairs in a window", add_help=False)
+    # Likewise the labelling web server (python -m gym_prefs.web).
+    commands.add_parser("serve", help="serve a store's pending clip pairs on a labelling web page", add_help=False)
     return parser
 
 
@@ -203,6 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gym_prefs.store_errors import StoreError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # The server's own program parses the rest (and says `usage: gym-prefs serve ...`).
+        from gym_prefs.web import main as serve
+
+        return serve(argv[1:], prog="gym-prefs serve")
     if argv[:1] == ["label"]:
         # The window's own program parses the rest (and says `usage: gym-prefs label ...`).
         from gym_prefs.viewer import main as label

@@ -58,6 +58,9 @@ class PreferenceConfig:
             restart goes on from there); ``None`` waits as long as it takes (a person may take
             a while), saying every minute what it waits for.
         seed: seed for segment sampling, bootstrap samples and the oracle.
+        labels_per_query: how many different people answer each query on the labelling page
+            (``"web"``); their answers are combined into one (see :func:`gym_prefs.label_desk.combine`)
+            and their agreement is logged as ``preferences/agreement``.
 
     Example:
         >>> config = PreferenceConfig(total_labels=200, fit_epochs=3)
@@ -90,6 +93,7 @@ class PreferenceConfig:
     fitting: str = "process"
     initial_label_timeout: float | None = None
     seed: int | None = None
+    labels_per_query: int = 1
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTION_METHODS:
@@ -100,7 +104,8 @@ class PreferenceConfig:
             value = getattr(self, name)
             if value is not None and not value >= 1:
                 raise ValueError(f"{name} must be positive or None, got {value}")
-        for name in ("candidates_factor", "initial_fit_epochs", "fit_epochs", "batch_size", "pool_size", "pool_bytes"):
+        positive = ("candidates_factor", "initial_fit_epochs", "fit_epochs", "batch_size", "pool_size", "pool_bytes")
+        for name in (*positive, "labels_per_query"):
             if not getattr(self, name) >= 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.learning_rate > 0:

@@ -153,6 +153,7 @@ class RunParts:
         store = open_run_store(store_spec, default_store_path(logger, name), obs_space, act_space, segment_length, name)
         if len(store):
             comparisons.add_labelled(store.labelled_pairs(last=config.max_comparisons))
+        store.set_meta("labels_per_query", str(config.labels_per_query))
         trainer_kwargs = {"lr": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed}
         fitter = make_fitter(
             config.fitting, model, trainer_kwargs, segment_length, config.max_comparisons, timings, store.path

@@ -173,7 +173,7 @@ def test_the_window_closes_when_the_training_process_is_killed(store_path):
 def test_the_labeler_opens_the_viewer_program(tmp_path, monkeypatch):
     from gymnasium import spaces
 
-    import gym_prefs.sources.pygame_labeler as pygame_labeler
+    import gym_prefs.sources.program_source as program_source
 
     started = []
 
@@ -184,8 +184,8 @@ def test_the_labeler_opens_the_viewer_program(tmp_path, monkeypatch):
         def poll(self):
             return None
 
-    monkeypatch.setattr(pygame_labeler.subprocess, "Popen", NoWindow)
-    monkeypatch.setattr(pygame_labeler, "_end_process", lambda process: None)
+    monkeypatch.setattr(program_source.subprocess, "Popen", NoWindow)
+    monkeypatch.setattr(program_source, "end_process", lambda process: None)
     store = PreferenceStore(tmp_path / "p.db", spaces.Box(-1, 1, (2,)), spaces.Discrete(2), segment_length=5)
     labeler = PygameLabeler("balance the pole", labeler="ann", render_size=120)
     labeler.attach(store, 10)

@@ -7,6 +7,7 @@ from typing import Any
 from gym_prefs.sources.base import LABELS, PREFERENCE_OF, Answer, Label, PreferenceSource, Query
 from gym_prefs.sources.oracle import SyntheticOracle
 from gym_prefs.sources.pygame_labeler import PygameLabeler
+from gym_prefs.sources.web_labeler import WebLabeler
 
 __all__ = [
     "LABELS",
@@ -17,10 +18,13 @@ __all__ = [
     "PygameLabeler",
     "Query",
     "SyntheticOracle",
+    "WebLabeler",
     "make_source",
 ]
 
-SOURCE_NAMES = ("oracle", "human")
+SOURCE_NAMES = ("oracle", "human", "web")
+#: What a source built by name takes for "what to teach".
+PERSON_SOURCES = ("human", "web")
 
 
 def make_source(source: str | PreferenceSource, seed: int | None = None, **kwargs: Any) -> PreferenceSource:
@@ -28,7 +32,8 @@ def make_source(source: str | PreferenceSource, seed: int | None = None, **kwarg
 
     Args:
         source: ``"oracle"`` (a perfect :class:`SyntheticOracle`), ``"human"`` (a
-            :class:`PygameLabeler` window) or an object following :class:`PreferenceSource`.
+            :class:`PygameLabeler` window), ``"web"`` (a :class:`WebLabeler` page) or an object
+            following :class:`PreferenceSource`.
         seed: seed for a source built by name.
         **kwargs: constructor arguments for a source built by name.
     """
@@ -37,6 +42,8 @@ def make_source(source: str | PreferenceSource, seed: int | None = None, **kwarg
             return SyntheticOracle(seed=seed, **kwargs)
         if source == "human":
             return PygameLabeler(**kwargs)
+        if source == "web":
+            return WebLabeler(**kwargs)
         raise ValueError(
             f"unknown preference source {source!r}; use one of {SOURCE_NAMES} or a PreferenceSource object"
         )

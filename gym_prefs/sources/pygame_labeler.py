@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
-import weakref
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from gym_prefs.processes import ended_how
-from gym_prefs.records import Answer, Query
+from gym_prefs.sources.program_source import ProgramSource
 from gym_prefs.viewer_drawing import require_pygame
 
 __all__ = ["PygameLabeler", "require_pygame"]
 
 
 ON_CLOSE = ("continue", "pause")
-#: Seconds a viewer is given to end after SIGTERM before it is killed.
-TERMINATE_WAIT = 2.0
 
 
-def _end_process(process: subprocess.Popen[bytes], wait: float = TERMINATE_WAIT) -> None:
-    """Terminate ``process``, kill it if it is still there after ``wait`` seconds, and reap it."""
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=wait)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-class PygameLabeler:
+class PygameLabeler(ProgramSource):
     """A person answers in a window (:mod:`gym_prefs.viewer`) while the agent keeps training.
 
     The callback stores every query in the run's preference store; this source opens the
@@ -67,8 +46,7 @@ class PygameLabeler:
     """
 
     name = "human"
-    #: Tells the callback to record clip data for the viewer.
-    needs_clips = True
+    program_name = "labelling window"
 
     def __init__(
         self,
@@ -81,142 +59,58 @@ class PygameLabeler:
         if on_close not in ON_CLOSE:
             raise ValueError(f"on_close must be one of {ON_CLOSE}, got {on_close!r}")
         require_pygame()
-        self.instruction = instruction
+        super().__init__(instruction, labeler, start_program=open_window)
         self.on_close = on_close
-        self.labeler = labeler
-        self.open_window = open_window
         self.render_size = render_size
-        self._store: Any = None
-        self._waiting: set[int] = set()
-        self._viewer: subprocess.Popen[bytes] | None = None
-        # Ends the viewer when this labeler is collected or the training process exits.
-        self._end_viewer: weakref.finalize | None = None
-        self._window_ended = False
+        self._pause_noted = False
 
-    def attach(self, store: Any, total_labels: int) -> None:
-        """Called by the callback at ``learn``: the store to read answers from (and to show the viewer).
+    @property
+    def open_window(self) -> bool:
+        return self.start_program
 
-        After :meth:`close`, attaching again makes the labeler usable again: the next queries
-        open a new window.
-        """
-        from gym_prefs.store import PreferenceStore
+    @property
+    def _viewer(self) -> subprocess.Popen[bytes] | None:
+        return self._program
 
-        if self._store is not None:
-            if Path(self._store.path) != Path(store.path):
-                self._stop_viewer()  # it shows another store
-            self._store.close()
-        store.set_meta("instruction", self.instruction)
-        store.set_meta("total_labels", str(total_labels))
-        self._store = PreferenceStore(store.path, readonly=True)
+    @_viewer.setter
+    def _viewer(self, process: subprocess.Popen[bytes] | None) -> None:
+        self._program = process
 
-    def _open_viewer(self) -> None:
-        # Opened once per attach: a window that ended (closed by the person, killed, crashed)
-        # stays closed, whatever is asked later.
-        if not self.open_window or self._viewer is not None or self._store is None:
-            return
-        # Its own program (python -m gym_prefs.viewer): nothing re-imports the user's training
-        # script. It closes by itself when this process ends, even when killed (--exit-with), so
-        # no window outlives training.
-        self._viewer = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gym_prefs.viewer",
-                str(self._store.path),
-                "--instruction",
-                self.instruction,
-                "--labeler",
-                self.labeler,
-                "--render-size",
-                str(self.render_size),
-                "--exit-with",
-                str(os.getpid()),
-            ]
+    def program_args(self, store_path: Path) -> list[str]:
+        return [
+            "-m",
+            "gym_prefs.viewer",
+            str(store_path),
+            "--instruction",
+            self.instruction,
+            "--labeler",
+            self.labeler,
+            "--render-size",
+            str(self.render_size),
+        ]
+
+    def reopen_hint(self, store_path: Path) -> str:
+        return f"gym-prefs label {store_path}"
+
+    def after_end(self) -> str:
+        return (
+            "Training continues on the labels given so far."
+            if self.on_close == "continue"
+            else "Training waits for answers."
         )
-        self._end_viewer = weakref.finalize(self, _end_process, self._viewer)
-
-    def _check_viewer(self) -> None:
-        """Note once that the viewer has ended, and report it on stderr when it did not exit cleanly."""
-        if self._window_ended or self._viewer is None or self._viewer.poll() is None:
-            return
-        self._window_ended = True
-        code = self._viewer.returncode
-        if code != 0:
-            store = self._store.path if self._store is not None else "STORE"
-            then = (
-                "training continues on the labels given so far"
-                if self.on_close == "continue"
-                else "training waits for answers"
-            )
-            print(
-                f"gym_prefs: the labelling window ended unexpectedly ({ended_how(code)}); every answer "
-                f"given is in the store and {then}. Run `gym-prefs label {store}` to open it again.",
-                file=sys.stderr,
-                flush=True,
-            )
 
     @property
     def window_closed(self) -> bool:
         """Whether the window has ended: closed by the person (Esc), or killed or crashed."""
-        self._check_viewer()
-        return self._window_ended
+        return self.program_ended
 
-    def request(self, queries: Sequence[Query]) -> None:
-        self._waiting.update(query.id for query in queries)
-        self._check_viewer()
-        self._open_viewer()
-
-    def poll(self, timeout: float | None = 0.0) -> list[Answer]:
-        if self._store is None:
-            return []
-        if self._waiting:
-            # After close() and a new attach, queries asked earlier still wait for a window.
-            self._open_viewer()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause_noted = False
-        while True:
-            answers = self._store.answers_for(sorted(self._waiting))
-            if answers:
-                self._waiting.difference_update(a.query_id for a in answers)
-                return answers
-            if not self._waiting:
-                return []
-            if self.window_closed and self.on_close == "pause":
-                if not pause_noted:
-                    print(
-                        f"gym_prefs: the labelling window was closed; training waits for answers. "
-                        f"Run `gym-prefs label {self._store.path}` to go on."
-                    )
-                    pause_noted = True
-                time.sleep(0.5)
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                return []
-            time.sleep(0.05)
-
-    @property
-    def pending(self) -> int:
-        # With the window closed and "continue", nobody will answer: nothing is pending any more.
-        if self.window_closed and self.on_close == "continue":
-            return 0
-        return len(self._waiting)
-
-    def _stop_viewer(self) -> None:
-        """End the viewer (terminate, then kill), and forget it: the next queries may open one."""
-        if self._end_viewer is not None:
-            self._end_viewer()  # runs at most once; also detaches it from exit
-        self._end_viewer = None
-        self._viewer = None
-        self._window_ended = False
-
-    def close(self) -> None:
-        """Close the window and the store (every answer given is already in the store).
-
-        The viewer is terminated, and killed if it has not ended after :data:`TERMINATE_WAIT`
-        seconds. Queries still waiting stay so: after :meth:`attach` (the callback's next
-        ``learn``), their answers are read again and a new window opens.
-        """
-        self._stop_viewer()
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+    def keep_waiting(self) -> bool:
+        if self.on_close != "pause":
+            return False
+        if not self._pause_noted and self._store is not None:
+            print(
+                "gym_prefs: the labelling window was closed; training waits for answers. "
+                f"Run `gym-prefs label {self._store.path}` to go on."
+            )
+            self._pause_noted = True
+        return True
