@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gym_prefs.comparisons import Comparisons
+from gym_prefs.label_desk import LabelDesk
 from gym_prefs.records import LABELS, PREFERENCE_OF, SKIP, Answer, LabelledPairs, SegmentPairs
 from gym_prefs.sources.base import PreferenceSource
 from gym_prefs.store import PreferenceStore
@@ -50,7 +51,7 @@ class LabellingSide:
         >>> data = Comparisons(obs_space, act_space, segment_length=3)
         >>> side = LabellingSide(SyntheticOracle(seed=0), store, data, Timings())
         >>> pairs = SegmentPairs(np.zeros((4, 2, 3, 2), np.float32), np.zeros((4, 2, 3), np.int64),
-        ...                      np.tile([[[1.0]], [[0.0]]], (4, 1, 3)))
+        ...                      np.tile([[[1.0], [0.0]]], (4, 1, 3)))
         >>> side.ask(pairs, timestep=0)
         >>> side.collect(timeout=0.0)
         >>> side.num_asked, side.num_pending, len(data)
@@ -103,6 +104,11 @@ class LabellingSide:
         logger.record("preferences/queries", counts["queries"] - self._unshowable)
         logger.record("preferences/pending", len(self._pending))
         logger.record("preferences/skipped", counts["skipped"])
+        if not self.store.closed:
+            # With several people per query (labels_per_query > 1): how often they agreed.
+            agreement = LabelDesk(self.store).agreement()
+            if agreement is not None:
+                logger.record("preferences/agreement", agreement)
 
     # ------------------------------------------------------------------ asking
     def ask(self, pairs: SegmentPairs, timestep: int) -> None:

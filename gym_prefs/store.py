@@ -37,29 +37,33 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
-from functools import partial
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from gym_prefs.records import SKIP, Answer, LabelledPairs, Query, SegmentPairs
+from gym_prefs.records import Answer, LabelledPairs, Query, SegmentPairs
 from gym_prefs.run_lock import RunLock
 from gym_prefs.store_codec import AnswerRows, labelled_pairs_of_rows
 from gym_prefs.store_errors import StoreBusyError, StoreError
 from gym_prefs.store_files import SCHEMA_VERSION
 from gym_prefs.store_open import open_store
 from gym_prefs.store_tables import (
+    count_by_status,
+    count_labels,
     insert_answers,
     insert_queries,
+    quick_check,
     select_answers,
     select_answers_after,
     select_clips,
     select_labelled_rows,
+    select_meta,
     select_pending,
-    select_segment,
+    select_pending_queries,
     transaction,
 )
 
@@ -69,18 +73,15 @@ __all__ = ["SCHEMA_VERSION", "LabelledPairs", "PreferenceStore", "StoreBusyError
 class PreferenceStore:
     """An SQLite database of the segments shown, the queries asked and the answers given.
 
-    Opening a path where there is no store creates one there (atomically: see the module
-    docstring); a file there that holds no data at all (zero bytes, or an SQLite database
-    without tables) counts as no store. Opening an existing file checks, before writing anything,
-    that it is a store of this or an older schema made for the same spaces and segment length,
-    and, unless ``readonly``, that this process may write to it; anything else raises
-    :class:`StoreError` and leaves the file byte-for-byte as it was.
+    Opening a path where there is no store, or a file without any data, creates one there
+    (atomically: see the module docstring). Opening an existing file checks, before writing
+    anything, that it is a store of this or an older schema for the same spaces and segment length,
+    and, unless ``readonly``, writable; anything else raises :class:`StoreError` and leaves the
+    file byte-for-byte as it was.
 
-    Promises: a label is durable once :meth:`record_answers` returns (write-ahead log,
-    ``synchronous=FULL``); a store is used on one machine only, never on a network file system
-    (NFS, SMB), because SQLite's write-ahead log relies on memory shared between that machine's
-    processes; one training run at a time (:meth:`lock_for_run`) and any number of readers and
-    labelling windows on that machine, also while the run writes.
+    It keeps the module docstring's promises: a label is durable once :meth:`record_answers`
+    returns; one machine, never a network file system; one training run at a time
+    (:meth:`lock_for_run`) and any number of readers and labelling windows, also while it writes.
 
     ``len(store)`` is the number of labels: answered queries, not those skipped ("can't tell").
 
@@ -145,13 +146,9 @@ class PreferenceStore:
         """Make this process the one training run on this store, until :meth:`close`.
 
         Two runs on one store would both spend its label budget, so a training run takes this
-        lock first (a :class:`~gym_prefs.run_lock.RunLock`). It is an ``flock`` on
-        ``<store path>-run.lock``: the kernel releases it when the process ends however it ends
-        (``SIGKILL`` included), so a killed run never blocks the next one. The file holds the
-        holder's pid, host and start time, for the message others get. Readers and labelling
-        windows never take it. Taking it again through the same store object does nothing.
-        Without ``fcntl`` (Windows) there is no lock: a warning says so once, and keeping to one
-        run per store is up to you.
+        lock first: a :class:`~gym_prefs.run_lock.RunLock` (see :mod:`gym_prefs.run_lock`), which
+        a killed run never keeps from the next one. Readers and labelling windows never take it.
+        Taking it again through the same store object does nothing.
 
         Raises:
             StoreBusyError: another live process holds the lock (the message names it).
@@ -171,6 +168,36 @@ class PreferenceStore:
         self._spec.check(self.path, observation_space, action_space, segment_length)
 
     # ------------------------------------------------------------------ writing
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """A write transaction holding SQLite's one write lock (also against other processes) till it ends.
+
+        Committed if the block completes, else rolled back; for :mod:`gym_prefs.label_desk`.
+
+        Raises:
+            PermissionError: the store was opened read-only.
+            StoreError: the disk is full (nothing of the transaction was written).
+        """
+        if self._readonly:
+            raise PermissionError(f"the preference store {self.path} was opened read-only; open it writable")
+        with transaction(self._connection, self.path) as cursor:
+            yield cursor
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection, for reads by the store's own modules; write through :meth:`transaction`."""
+        return self._connection
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the store was opened read-only."""
+        return self._readonly
+
+    @property
+    def schema_version(self) -> int:
+        """The version of the store's tables (a read-only store of version 1 has no leases and votes)."""
+        return self._spec.schema_version
+
     def add_queries(self, pairs: SegmentPairs, source: str, timestep: int | None = None) -> list[int]:
         """Store pairs of segments as pending queries, in one transaction.
 
@@ -229,20 +256,15 @@ class PreferenceStore:
 
     def get_meta(self, key: str) -> str | None:
         """A piece of run information recorded with :meth:`set_meta`."""
-        row = self._connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return select_meta(self._connection, key)
 
     # ------------------------------------------------------------------ reading
     def __len__(self) -> int:
-        row = self._connection.execute("SELECT COUNT(*) FROM answers WHERE label != ?", (SKIP,)).fetchone()
-        return int(row[0])
+        return count_labels(self._connection)
 
     def counts(self) -> dict[str, int]:
         """Queries by status (``pending``, ``answered``, ``skipped``) and ``queries`` in all."""
-        rows = self._connection.execute("SELECT status, COUNT(*) FROM queries GROUP BY status").fetchall()
-        counts = {"pending": 0, "answered": 0, "skipped": 0, **dict(rows)}
-        counts["queries"] = sum(counts[s] for s in ("pending", "answered", "skipped"))
-        return counts
+        return count_by_status(self._connection)
 
     def pending_ids(self, limit: int | None = None) -> list[int]:
         """Ids of the queries asked and not answered yet, oldest first."""
@@ -250,9 +272,7 @@ class PreferenceStore:
 
     def pending_queries(self, limit: int | None = None) -> list[Query]:
         """Queries asked and not answered yet, oldest first."""
-        rows = select_pending(self._connection, "id, first_segment, second_segment", limit)
-        segment = partial(select_segment, self._connection)
-        return [Query(int(query_id), segment(first), segment(second)) for query_id, first, second in rows]
+        return select_pending_queries(self._connection, limit)
 
     def clips(self, query_id: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The clip data stored with a query's two segments, if any (see :mod:`gym_prefs.clips`)."""
@@ -270,18 +290,10 @@ class PreferenceStore:
     def check(self) -> list[str]:
         """Check the whole file for damage (SQLite's ``PRAGMA quick_check``); ``[]`` means healthy.
 
-        This reads every page of the store, so it takes about as long as copying the file.
-
-        Returns:
-            The problems found, one a string; an empty list when the store is healthy.
+        Returns the problems found, one a string. This reads every page of the store, so it takes
+        about as long as copying the file.
         """
-        problems: list[str] = []
-        try:
-            for row in self._connection.execute("PRAGMA quick_check"):
-                problems.append(str(row[0]))
-        except sqlite3.DatabaseError as error:  # damage bad enough to stop the check: after what it found
-            problems.append(str(error))
-        return [] if problems == ["ok"] else problems
+        return quick_check(self._connection)
 
     def close(self) -> None:
         """Close the connection and release the run lock (every committed label is already on disk)."""

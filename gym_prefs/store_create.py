@@ -47,7 +47,7 @@ try:  # POSIX only; without it (Windows) replacing a vacant file takes no lock, 
 except ImportError:  # pragma: no cover - exercised on Windows only
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["create_store_file", "new_store_meta", "remove_stale_creations"]
+__all__ = ["create_store_file", "new_store_meta", "remove_stale_creations", "upgrade_store"]
 
 #: Hidden name of a store being created: ``.<name>.<pid>.<host>.<random>.creating``.
 _CREATING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<host>[A-Za-z0-9]*)\.[0-9a-f]+\.creating$")
@@ -56,8 +56,8 @@ _CREATING = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<host>[A-Za-z0-9]*)\.
 #: is byte for byte what every store since schema version 1 holds in its ``sqlite_master``.
 _LABEL_CHECK = "label IN (" + ", ".join(f"'{label}'" for label in LABELS) + ")"
 
-#: The tables of a new store (schema version :data:`~gym_prefs.store_files.SCHEMA_VERSION`).
-_SCHEMA = f"""
+#: The tables of schema version 1, the first stores' (byte for byte what they hold in ``sqlite_master``).
+_SCHEMA_1 = f"""
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE segments (
     id INTEGER PRIMARY KEY,
@@ -85,6 +85,30 @@ CREATE TABLE answers (
 );
 CREATE INDEX queries_by_status ON queries(status);
 """
+
+#: What schema version 2 adds, for several people labelling one store at once: a lease keeps a
+#: query on one person's screen, and each person's vote is kept beside the combined answer
+#: (see :mod:`gym_prefs.label_desk`). Only tables are added, so upgrading a version-1 store
+#: changes none of its rows.
+_SCHEMA_2_ADDED = f"""
+CREATE TABLE leases (
+    query_id INTEGER PRIMARY KEY REFERENCES queries(id),
+    holder TEXT NOT NULL,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE votes (
+    query_id INTEGER NOT NULL REFERENCES queries(id),
+    labeler TEXT NOT NULL,
+    label TEXT NOT NULL CHECK ({_LABEL_CHECK}),
+    seconds REAL NOT NULL,
+    answered_at REAL NOT NULL,
+    PRIMARY KEY (query_id, labeler)
+);
+"""
+
+#: The tables of a new store (schema version :data:`~gym_prefs.store_files.SCHEMA_VERSION`).
+_SCHEMA = _SCHEMA_1 + _SCHEMA_2_ADDED
 
 
 def new_store_meta(
@@ -251,6 +275,31 @@ def _replace_vacant(path: Path, temporary: Path) -> None:
         _fsync_folder(path.parent)
     finally:
         os.close(fd)
+
+
+def upgrade_store(connection: sqlite3.Connection) -> None:
+    """Bring a store of an older schema to :data:`~gym_prefs.store_files.SCHEMA_VERSION`, in one transaction.
+
+    Version 1 to 2 adds the ``leases`` and ``votes`` tables and changes no existing row. The
+    version is read again inside the write transaction, so of several processes opening one
+    old store at once exactly one upgrades it; a process killed midway leaves it as it was.
+
+    Args:
+        connection: a writable connection to the store (autocommit, as
+            :func:`~gym_prefs.store_files.connect_writable` makes).
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and int(row[0]) < 2:
+            # One statement at a time: executescript() would commit the open transaction.
+            for statement in filter(str.strip, _SCHEMA_2_ADDED.split(";")):
+                connection.execute(statement)
+            connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        connection.execute("COMMIT")
+    finally:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
 
 
 def remove_stale_creations(folder: Path) -> None:

@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 #: Written into every store; a store with a larger number was made by a newer gym_prefs.
-SCHEMA_VERSION = 1
+#: Version 2 added the ``leases`` and ``votes`` tables (several people labelling at once).
+SCHEMA_VERSION = 2
 #: The meta ``format`` of every store: what tells a store from any other SQLite database.
 MAGIC = "gym_prefs.PreferenceStore"
 #: How long a writer waits for another process's transaction before giving up (seconds).
@@ -61,6 +62,8 @@ BUSY_TIMEOUT = 60.0
 _SQLITE_NOTADB = 26
 #: Tables every store has (a store whose meta says it is ours but lacks one is damaged).
 _TABLES = ("meta", "segments", "queries", "answers")
+#: Tables every store of schema version 2 or newer has besides.
+_TABLES_2 = ("leases", "votes")
 #: Meta keys every store has.
 _META_KEYS = ("format", "schema_version", "observation_space", "action_space", "segment_length")
 
@@ -138,7 +141,8 @@ def inspect_path(path: Path) -> Literal["absent", "vacant"] | dict[str, str]:
             f"{path} has store schema version {version}, newer than this gym_prefs understands "
             f"({SCHEMA_VERSION}); upgrade gym_prefs to use it. The file was left untouched."
         )
-    missing = [f"table {name}" for name in _TABLES if name not in tables]
+    required = _TABLES + (_TABLES_2 if version >= 2 else ())
+    missing = [f"table {name}" for name in required if name not in tables]
     missing += [f"meta {key}" for key in _META_KEYS if key not in meta]
     if missing:
         raise StoreError(damaged_message(path, f"it is marked as a gym_prefs store but lacks {', '.join(missing)}"))

@@ -7,7 +7,9 @@ so that a store that will be refused is refused before anything touches its file
 2. the file is inspected without writing a byte (:func:`~gym_prefs.store_files.inspect_path`),
    and when there is no store yet one is created atomically (:mod:`gym_prefs.store_create`);
 3. the store's spaces and segment length are compared with the caller's (:class:`StoreSpec`);
-4. only then is it connected to, for reading or for writing.
+4. only then is it connected to, for reading or for writing;
+5. a writable store of an older schema is upgraded, in one transaction (a read-only one is read
+   as it is: what its version lacks reads as empty).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typing import Any, cast
 from gymnasium import spaces
 
 from gym_prefs.spaces import space_from_config, spaces_match
-from gym_prefs.store_create import create_store_file, new_store_meta, remove_stale_creations
+from gym_prefs.store_create import create_store_file, new_store_meta, remove_stale_creations, upgrade_store
 from gym_prefs.store_errors import StoreError
 from gym_prefs.store_files import (
+    SCHEMA_VERSION,
     VACANT_WHAT,
     connect_readonly,
     connect_writable,
@@ -51,6 +54,8 @@ class StoreSpec:
         action_space: the env's action space.
         segment_length: steps per segment.
         env_id: the env's id, or ``None`` if the store's creator did not say.
+        schema_version: the version of the store's tables (older ones lack the ``leases`` and
+            ``votes`` tables, and are read as if they were empty).
 
     Example:
         >>> spec = StoreSpec(spaces.Discrete(3), spaces.Discrete(2), 4, "Toy-v0")
@@ -66,6 +71,7 @@ class StoreSpec:
     action_space: spaces.Space[Any]
     segment_length: int
     env_id: str | None
+    schema_version: int = SCHEMA_VERSION
 
     @classmethod
     def of_meta(cls, meta: dict[str, str]) -> StoreSpec:
@@ -75,6 +81,7 @@ class StoreSpec:
             space_from_config(json.loads(meta["action_space"])),
             int(meta["segment_length"]),
             meta.get("env_id") or None,
+            int(meta.get("schema_version", SCHEMA_VERSION)),
         )
 
     def check(
@@ -138,6 +145,16 @@ def open_store(
         connection = connect_writable(path)
         # A creation killed after publishing its store, before removing its temporary file.
         remove_stale_creations(path.parent)
+        if int(meta["schema_version"]) < SCHEMA_VERSION:
+            try:
+                upgrade_store(connection)
+            except sqlite3.DatabaseError as error:
+                connection.close()
+                raise StoreError(
+                    f"the preference store {path} could not be upgraded to schema version {SCHEMA_VERSION} "
+                    f"({error}); it was left as it was. Free disk space if it is full and open it again, or "
+                    "open it with readonly=True to read it as it is."
+                ) from error
     try:
         # Read again through the connection: this is the store it will read and write.
         meta = dict(connection.execute("SELECT key, value FROM meta").fetchall())

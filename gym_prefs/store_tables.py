@@ -28,23 +28,29 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gym_prefs.records import SKIP, Answer, Segment, SegmentPairs
+from gym_prefs.records import SKIP, Answer, Query, Segment, SegmentPairs
 from gym_prefs.store_codec import AnswerRows, segment_of_row, segment_rows, unpack_array
 from gym_prefs.store_errors import StoreError
 
 __all__ = [
+    "count_by_status",
+    "count_labels",
     "insert_answers",
     "insert_queries",
+    "quick_check",
     "select_answers",
     "select_answers_after",
     "select_clips",
     "select_labelled_rows",
+    "select_meta",
     "select_pending",
+    "select_pending_queries",
     "select_segment",
     "transaction",
 ]
@@ -185,6 +191,13 @@ def select_pending(connection: sqlite3.Connection, columns: str, limit: int | No
     return connection.execute(sql + " LIMIT ?", (int(limit),)).fetchall()
 
 
+def select_pending_queries(connection: sqlite3.Connection, limit: int | None) -> list[Query]:
+    """The queries asked and not answered yet, with their segments (the oldest ``limit``, or all), oldest first."""
+    rows = select_pending(connection, "id, first_segment, second_segment", limit)
+    segment = partial(select_segment, connection)
+    return [Query(int(query_id), segment(first), segment(second)) for query_id, first, second in rows]
+
+
 def select_clips(connection: sqlite3.Connection, query_id: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The clip data stored with a query's two segments, if both have some."""
     rows = connection.execute(
@@ -201,6 +214,36 @@ def select_segment(connection: sqlite3.Connection, segment_id: int) -> Segment:
     """The segment stored under this id (true rewards NaN where none were stored)."""
     row = connection.execute("SELECT obs, actions, true_rewards FROM segments WHERE id = ?", (segment_id,)).fetchone()
     return segment_of_row(*row)
+
+
+def select_meta(connection: sqlite3.Connection, key: str) -> str | None:
+    """The value of a piece of run information in the ``meta`` table, ``None`` if absent."""
+    row = connection.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def count_labels(connection: sqlite3.Connection) -> int:
+    """Answered queries, not counting those skipped ("can't tell")."""
+    return int(connection.execute("SELECT COUNT(*) FROM answers WHERE label != ?", (SKIP,)).fetchone()[0])
+
+
+def count_by_status(connection: sqlite3.Connection) -> dict[str, int]:
+    """Queries by status (``pending``, ``answered``, ``skipped``) and ``queries`` in all."""
+    rows = connection.execute("SELECT status, COUNT(*) FROM queries GROUP BY status").fetchall()
+    counts = {"pending": 0, "answered": 0, "skipped": 0, **dict(rows)}
+    counts["queries"] = sum(counts[s] for s in ("pending", "answered", "skipped"))
+    return counts
+
+
+def quick_check(connection: sqlite3.Connection) -> list[str]:
+    """The damage SQLite's ``PRAGMA quick_check`` finds in the whole file, one a string; ``[]`` when healthy."""
+    problems: list[str] = []
+    try:
+        for row in connection.execute("PRAGMA quick_check"):
+            problems.append(str(row[0]))
+    except sqlite3.DatabaseError as error:  # damage bad enough to stop the check: after what it found
+        problems.append(str(error))
+    return [] if problems == ["ok"] else problems
 
 
 def _existing_query_ids(cursor: sqlite3.Cursor, query_ids: Sequence[int]) -> set[int]:

@@ -1,6 +1,9 @@
 """The window in which a person compares two clips: ``gym-prefs label STORE``.
 
-The viewer reads pending queries from a preference store, plays the two clips of a pair side
+The viewer takes pending queries of a preference store (leased to it through a
+:class:`~gym_prefs.label_desk.LabelDesk` and rendered ahead by a
+:class:`~gym_prefs.viewer_feed.PairFeed`, so that several windows, or a window and a labelling
+page, never show the same pair), plays the two clips of a pair side
 by side, looping in step at the env's frame rate, and writes each answer back to the store,
 committed before the next pair appears. It runs as its own program,
 ``python -m gym_prefs.viewer STORE`` (the same as ``gym-prefs label STORE``), beside training
@@ -20,23 +23,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import queue
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from gym_prefs.clips import ClipInfo, ClipRenderer
+from gym_prefs.label_desk import DeskError, LabelDesk
 from gym_prefs.processes import process_alive
-from gym_prefs.records import Answer, Label
+from gym_prefs.records import Label
 from gym_prefs.store import PreferenceStore
 from gym_prefs.store_errors import StoreError
 from gym_prefs.viewer_drawing import WindowPainter, require_pygame
+from gym_prefs.viewer_feed import PREFETCH, Pair, PairFeed
 
 __all__ = ["KEY_LABELS", "Viewer", "main"]
 
@@ -47,19 +47,11 @@ EXIT_WITH_CHECK = 0.5
 COUNTS_REFRESH = 0.5
 #: How many of the latest latencies and frame times the viewer keeps (it may run for hours).
 RECENT = 1000
-PREFETCH = 3  # pairs rendered ahead
 #: How ``python -m gym_prefs.viewer`` calls itself in its usage line.
 PROGRAM = "python -m gym_prefs.viewer"
 
 #: The paper's keys.
 KEY_LABELS: dict[str, Label] = {"left": "first", "right": "second", "up": "equal", "down": "skip"}
-
-
-@dataclass
-class _Pair:
-    query_id: int
-    left: np.ndarray  # frames [n, H, W, 3]
-    right: np.ndarray
 
 
 class _Progress:
@@ -69,8 +61,8 @@ class _Progress:
     second (and at once after an answer, with :meth:`refresh`) keeps SQL out of the frames.
     """
 
-    def __init__(self, store: PreferenceStore, interval: float = COUNTS_REFRESH) -> None:
-        self.store = store
+    def __init__(self, desk: LabelDesk, interval: float = COUNTS_REFRESH) -> None:
+        self.desk = desk
         self.interval = interval
         self.labels = 0
         self.pending = 0
@@ -79,8 +71,8 @@ class _Progress:
 
     def refresh(self) -> None:
         """Read the counts now."""
-        self.pending = self.store.counts()["pending"]
-        self.labels = len(self.store)
+        counts = self.desk.counts()
+        self.pending, self.labels = counts["pending"], counts["labels"]
         self._read_at = time.monotonic()
 
     def update(self) -> None:
@@ -108,6 +100,8 @@ class Viewer:
             latest :data:`RECENT` of them.
         frame_times: wall-clock time of the latest :data:`RECENT` frames drawn.
         frames_drawn: frames drawn since the window opened (for the frame rate).
+        feed: the pairs leased to the window and rendered ahead (a
+            :class:`~gym_prefs.viewer_feed.PairFeed`).
 
     Example:
         Open it on a run's store from another terminal (or let
@@ -155,13 +149,14 @@ class Viewer:
         self._next_exit_check = time.monotonic()
         budget = self.store.get_meta("total_labels")
         self.budget = int(budget) if budget else None
-        self.progress = _Progress(self.store)
+        self.desk = LabelDesk(self.store)  # one transaction an answer, its vote and answer
+        self.progress = _Progress(self.desk)
 
         self.painter = WindowPainter(pygame, f"gym-prefs label: which clip is better? ({Path(store_path).name})")
         self.screen = self.painter.screen
         self.clock = pygame.time.Clock()
 
-        self.current: _Pair | None = None
+        self.current: Pair | None = None
         #: Whether the current pair has been drawn on screen (only then can it be answered).
         self.on_screen = False
         self.shown_at = 0.0  # when the current pair first appeared on screen
@@ -175,51 +170,17 @@ class Viewer:
         self.frames_drawn = 0
         self._answered_at: float | None = None
 
-        # Pairs rendered ahead of time, so that the next one appears as soon as a person answers.
-        self._ready: queue.Queue[_Pair] = queue.Queue(maxsize=PREFETCH)
-        self._taken: set[int] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._loader = threading.Thread(target=self._load_loop, name="gym_prefs-viewer-loader", daemon=True)
-        self._loader.start()
-
-    # ------------------------------------------------------------------ loading clips
-    def _load_loop(self) -> None:
-        """Render the next pending pair ahead of time, so the next clip appears at once."""
-        store = PreferenceStore(self.store.path, readonly=True)
-        try:
-            while not self._stop.is_set():
-                with self._lock:
-                    taken = set(self._taken)
-                candidate = next((q for q in store.pending_ids(limit=len(taken) + 1) if q not in taken), None)
-                if candidate is None:
-                    self._stop.wait(0.2)
-                    continue
-                clips = store.clips(candidate)
-                with self._lock:
-                    self._taken.add(candidate)
-                if clips is None:
-                    continue
-                pair = _Pair(candidate, self.renderer.frames(clips[0]), self.renderer.frames(clips[1]))
-                while not self._stop.is_set():
-                    try:
-                        self._ready.put(pair, timeout=0.2)
-                        break
-                    except queue.Full:
-                        continue
-        finally:
-            store.close()
-
-    def _next_pair(self) -> None:
-        try:
-            self.current = self._ready.get_nowait()
-        except queue.Empty:
-            self.current = None
-            return
-        self.playhead = 0.0
-        self.on_screen = False
+        # Pairs leased and rendered ahead of time, so that the next one appears as soon as a person answers.
+        self.feed = PairFeed(self.store.path, self.renderer, labeler, prefetch=PREFETCH)
+        self._ready = self.feed.ready  # the same queue under its earlier name, which tests inspect
 
     # ------------------------------------------------------------------ answering
+    def _next_pair(self) -> None:
+        self.current = self.feed.next()
+        if self.current is not None:
+            self.playhead = 0.0
+            self.on_screen = False
+
     def answer(self, label: Label) -> None:
         """Commit ``label`` for the pair on screen, then take the next pair.
 
@@ -230,9 +191,17 @@ class Viewer:
             return
         # From the pair's first frame on screen: the time the person had to look at it.
         seconds = time.perf_counter() - self.shown_at
-        # Committed to the store before anything else: the person's answer is never lost.
-        self.store.record_answers([Answer(self.current.query_id, label, self.labeler, seconds)])
-        self.answers_given += 1
+        query_id = self.current.query_id
+        try:
+            # Committed to the store before anything else: the person's answer is never lost.
+            vote = self.desk.answer(query_id, label, self.labeler, seconds)
+        except DeskError as error:  # answered meanwhile elsewhere: show the next pair
+            print(f"gym-prefs label: {error}", file=sys.stderr, flush=True)
+            vote = None
+        lease = self.feed.take(query_id)
+        if lease is not None and (vote is None or not vote.complete):
+            self.desk.release(lease.holder)  # others may vote on it, or answer it
+        self.answers_given += vote is not None
         self._answered_at = time.perf_counter()
         self.progress.refresh()  # the person sees their answer counted in the next frame
         self._next_pair()
@@ -324,8 +293,7 @@ class Viewer:
 
     def close(self) -> None:
         """Stop rendering pairs ahead, close the store and the window (answers are all stored)."""
-        self._stop.set()
-        self._loader.join(timeout=5)
+        self.feed.close()
         self.renderer.close()
         self.store.close()
         self.pygame.display.quit()

@@ -16,8 +16,8 @@ from gym_prefs import Answer, PreferenceStore, StoreError
 from gym_prefs.store import SCHEMA_VERSION
 from gym_prefs.store_create import _host_tag
 
-#: The tables of schema version 1, as the first stores were made. A store made now holds the same
-#: text in its sqlite_master, byte for byte: changing the tables needs a new SCHEMA_VERSION.
+#: The tables of schema version 1, as the first stores were made (tests/test_store_upgrade.py
+#: builds version-1 stores from it).
 SCHEMA_1 = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE segments (
@@ -47,20 +47,45 @@ CREATE TABLE answers (
 CREATE INDEX queries_by_status ON queries(status);
 """
 
+#: The tables of schema version 2: version 1's and two more. A store made now holds the same text in
+#: its sqlite_master, byte for byte: changing the tables needs a new SCHEMA_VERSION.
+SCHEMA_2 = (
+    SCHEMA_1
+    + """
+CREATE TABLE leases (
+    query_id INTEGER PRIMARY KEY REFERENCES queries(id),
+    holder TEXT NOT NULL,
+    token TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE TABLE votes (
+    query_id INTEGER NOT NULL REFERENCES queries(id),
+    labeler TEXT NOT NULL,
+    label TEXT NOT NULL CHECK (label IN ('first', 'second', 'equal', 'skip')),
+    seconds REAL NOT NULL,
+    answered_at REAL NOT NULL,
+    PRIMARY KEY (query_id, labeler)
+);
+"""
+)
 
-def test_a_new_store_has_the_tables_of_schema_version_1_byte_for_byte(tmp_path):
+
+def test_a_new_store_has_the_tables_of_schema_version_2_byte_for_byte(tmp_path):
     new_store(tmp_path / "p.db").close()
     first = sqlite3.connect(tmp_path / "first.db")
-    for statement in filter(str.strip, SCHEMA_1.split(";")):
+    for statement in filter(str.strip, SCHEMA_2.split(";")):
         first.execute(statement)
     listing = "SELECT type, name, sql FROM sqlite_master ORDER BY name"
     with closing(sqlite3.connect(tmp_path / "p.db")) as made:
         assert made.execute(listing).fetchall() == first.execute(listing).fetchall()
     first.close()
-    assert SCHEMA_VERSION == 1
+    assert SCHEMA_VERSION == 2
     connection = sqlite3.connect(tmp_path / "p.db")
     with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint"):  # the four labels, and only those
         connection.execute("INSERT INTO answers VALUES (1, 'maybe', 'x', 0, 0)")
+    with pytest.raises(sqlite3.IntegrityError, match="CHECK constraint"):  # votes too
+        connection.execute("INSERT INTO votes VALUES (1, 'ann', 'maybe', 0, 0)")
+    assert connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
     connection.close()
 
 

@@ -306,3 +306,30 @@ def test_the_window_keeps_only_the_latest_timings(store_path, monkeypatch):
     assert len(viewer.latencies) == 2 and len(viewer.frame_times) == 2
     assert all(0 <= latency < 30 for latency in viewer.latencies)
     viewer.close()
+
+
+def held_ids(viewer):
+    """The query ids a window holds: on screen and rendered ahead."""
+    return {viewer.current.query_id} | {pair.query_id for pair in list(viewer._ready.queue)}
+
+
+def test_two_windows_on_one_store_never_show_the_same_pair_and_give_their_pairs_back(store_path):
+    first = Viewer(store_path, labeler="ann")
+    wait_for_pair(first)
+    wait_until(lambda: first._ready.full(), 30, "the first window rendered no pairs ahead")
+    second = Viewer(store_path, labeler="bob")
+    wait_for_pair(second)
+    wait_until(lambda: second._ready.full(), 30, "the second window rendered no pairs ahead")
+    held_first, held_second = held_ids(first), held_ids(second)
+    assert len(held_first) == len(held_second) == 1 + viewer_module.PREFETCH
+    assert not held_first & held_second
+    answered = press(second, pygame.K_LEFT)
+    assert answered in held_second
+    first.close()
+    with PreferenceStore(store_path, readonly=True) as store:
+        assert [(a.query_id, a.labeler) for a in store.answers()] == [(answered, "bob")]
+        leases = store.connection.execute("SELECT query_id FROM leases").fetchall()
+    # The closed window gave its pairs back; the open one holds its own (and one it may be rendering).
+    leased = {query_id for (query_id,) in leases}
+    assert held_ids(second) <= leased and not leased & held_first and len(leased) <= 2 + viewer_module.PREFETCH
+    second.close()

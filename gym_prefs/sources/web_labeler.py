@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 from pathlib import Path
 
@@ -56,6 +57,9 @@ class WebLabeler(ProgramSource):
         render_size: int = 240,
         start_server: bool = True,
     ) -> None:
+        if start_server and not all(importlib.util.find_spec(name) for name in ("starlette", "uvicorn", "PIL")):
+            # Fail now, not when the first queries arrive and the server cannot start.
+            raise ImportError("the labelling page needs Starlette, uvicorn and Pillow: pip install 'gym-prefs[web]'")
         super().__init__(instruction, labeler="web", start_program=start_server)
         self.host = host
         self.port = int(port)
