@@ -51,10 +51,16 @@ class TokenGate:
         return 200 if hmac.compare_digest(given, self._token) else 403
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":  # the server starting and stopping, not a request
             await self.app(scope, receive, send)
             return
         status = self.check(scope)
+        if scope["type"] == "websocket":  # none is served; should one be, it needs the token too
+            if status != 200:
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
         if status != 200:
             message = (
                 "this labelling page needs its access token: open the address the server printed, ?token=... included"
