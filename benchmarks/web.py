@@ -41,6 +41,8 @@ TRAINING = textwrap.dedent(
     import gym_prefs
     from gym_prefs.sources import WebLabeler
 
+    import torch
+    torch.set_num_threads(1)  # one core for RL, as in benchmarks/overhead.py: the other serves
     env_id, store, steps, record = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     if env_id.startswith("ALE/"):
         from gym_prefs.atari import make_atari_env
