@@ -50,7 +50,7 @@ class LabellingSide:
         >>> data = Comparisons(obs_space, act_space, segment_length=3)
         >>> side = LabellingSide(SyntheticOracle(seed=0), store, data, Timings())
         >>> pairs = SegmentPairs(np.zeros((4, 2, 3, 2), np.float32), np.zeros((4, 2, 3), np.int64),
-        ...                      np.tile([[[1.0]], [[0.0]]], (4, 1, 3)))
+        ...                      np.tile([[[1.0], [0.0]]], (4, 1, 3)))
         >>> side.ask(pairs, timestep=0)
         >>> side.collect(timeout=0.0)
         >>> side.num_asked, side.num_pending, len(data)
