@@ -40,7 +40,6 @@ class Publisher:
 
     Example:
         >>> from gymnasium import spaces
-        >>> from gym_prefs.env_link import RewardWrappers
         >>> model = RewardEnsemble(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), seed=0)
         >>> class NoWrappers:
         ...     def push(self, model): pass

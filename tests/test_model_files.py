@@ -9,20 +9,12 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from model_helpers import BOX_ACT, IMAGES, VEC_OBS, fitted
 from torch import nn
 
 from gym_prefs import RewardEnsemble, folded_inference, model_files, reward_model
 from gym_prefs.model_files import FORMAT, HEADER_SIZE
 from gym_prefs.networks import ModuleEnsemble
-
-VEC_OBS = spaces.Box(-1, 1, (5,))
-BOX_ACT = spaces.Box(-1, 1, (2,))
-IMAGES = spaces.Box(0, 255, (84, 84, 4), np.uint8)
-
-
-def fitted(model: RewardEnsemble) -> RewardEnsemble:
-    model.fitted.fill_(True)
-    return model
 
 
 @pytest.mark.parametrize(

@@ -3,21 +3,13 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from model_helpers import BOX_ACT, IMAGES, VEC_OBS, fitted
 
 from gym_prefs import RewardEnsemble, batched_inference, reward_model
 from gym_prefs.folded_inference import FOLDED_MAX_ROWS
 from gym_prefs.model_inputs import InputEncoder
 from gym_prefs.networks import EnsembleCNN, EnsembleMLP
 from gym_prefs.spaces import UnsupportedSpaceError
-
-VEC_OBS = spaces.Box(-1, 1, (5,))
-BOX_ACT = spaces.Box(-1, 1, (2,))
-IMAGES = spaces.Box(0, 255, (84, 84, 4), np.uint8)
-
-
-def fitted(model: RewardEnsemble) -> RewardEnsemble:
-    model.fitted.fill_(True)
-    return model
 
 
 class LinearMember(torch.nn.Module):
