@@ -93,12 +93,14 @@ def with_people(args: argparse.Namespace) -> dict:
         preexec_fn=_normal_priority,
     )
     timings: list[float] = []
+    refused: list[str] = []  # answers the server did not take, with its reasons
     frames = 0
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         pages = []
         for person in range(args.pages):
             page = browser.new_context().new_page()
+            page.on("response", lambda r: _note_refusal(r, refused))
             page.goto(url)
             page.fill("#person", f"person{person}")
             page.click("#who button")
@@ -141,11 +143,18 @@ def with_people(args: argparse.Namespace) -> dict:
         "next_pair_median_s": round(statistics.median(timings), 3) if timings else None,
         "next_pair_p95_s": round(timings[int(0.95 * (len(timings) - 1))], 3) if timings else None,
         "shown": len(timings),
+        "answers_refused": len(refused),
+        "refusals": sorted(set(refused))[:3],
         "clip_fps_per_page": round(frames / elapsed / args.pages, 1),
         "rl_steps_per_second_beside": float(rate[1]) if rate else None,
         "server_cpu_seconds": round(server_cpu, 1),
         "server_cpu_seconds_per_answer": round(server_cpu / max(1, stored), 2),
     }
+
+
+def _note_refusal(response, refused: list[str]) -> None:
+    if response.url.endswith("/api/answer") and response.status != 200:
+        refused.append(response.text())
 
 
 def _normal_priority() -> None:

@@ -339,6 +339,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
         the same as ``gym-prefs label runs/.../preferences.db --instruction "do a backflip"``.
     """
     args = _parser(prog).parse_args(argv)
+    os.environ.setdefault("LP_NUM_THREADS", "1")  # software rendering leaves the other cores to training
     try:
         viewer = Viewer(
             args.store, args.instruction, args.labeler, args.render_size, args.exit_when_done, exit_with=args.exit_with

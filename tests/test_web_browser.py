@@ -1,41 +1,17 @@
 """The labelling page in a real browser (Chromium driven by Playwright): what a person does."""
 
+import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from test_web_server import TOKEN, make_store
+from web_helpers import TOKEN, chromium, make_store, serving, start_labelling
 
 from gym_prefs import PreferenceStore
-
-#: Flags for Chromium as root on a machine with no network but loopback.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def chromium():
-    playwright = pytest.importorskip("playwright.sync_api")
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    manager = playwright.sync_playwright().start()
-    try:
-        if path is not None:  # the system's browser (the registry's own downloads are often unreachable)
-            return manager, manager.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        return manager, manager.chromium.launch()
-    except Exception as error:
-        manager.stop()
-        pytest.skip(f"no Chromium for the browser test ({error})")
 
 
 @pytest.fixture
@@ -47,14 +23,7 @@ def served_store(tmp_path):
 
 def test_in_a_browser_answers_are_committed_once_and_the_next_pair_shows_at_once(served_store):
     store_path = served_store
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gym_prefs.web", str(store_path), "--port", "0", "--token", TOKEN],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    manager, browser = chromium()
-    try:
-        url = server.stdout.readline().split(" at ")[1].strip()
+    with serving(store_path) as url, chromium() as browser:
         page = browser.new_page()
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
@@ -70,10 +39,7 @@ def test_in_a_browser_answers_are_committed_once_and_the_next_pair_shows_at_once
                 route.continue_()
 
         page.route("**/api/answer", lose_the_first_acknowledgement)
-        page.goto(url)
-        page.fill("#person", "ann")
-        page.click("#who button")
-        page.wait_for_function("document.getElementById('pair').hidden === false", timeout=10000)
+        start_labelling(page, url, "ann")
         assert page.evaluate("document.getElementById('who').hidden")
         for count, key in enumerate(["ArrowLeft", "ArrowRight", "ArrowUp"], start=1):
             page.keyboard.press(key)
@@ -87,11 +53,6 @@ def test_in_a_browser_answers_are_committed_once_and_the_next_pair_shows_at_once
         assert {answer.labeler for answer in answers} == {"ann"}
         assert page.evaluate("localStorage.getItem('gymPrefsPerson')") == "ann"
         assert not errors
-    finally:
-        browser.close()
-        manager.stop()
-        server.terminate()
-        server.wait(timeout=20)
 
 
 TRAINING = textwrap.dedent(
@@ -130,8 +91,9 @@ def test_a_person_teaches_a_training_run_from_the_browser(tmp_path):
     training = subprocess.Popen(
         [sys.executable, "-c", TRAINING, str(store), TOKEN], stdout=subprocess.PIPE, text=True, env=env
     )
-    manager, browser = chromium()
+    stack = contextlib.ExitStack()
     try:
+        browser = stack.enter_context(chromium())
         url = next((m.group(1) for line in training.stdout if (m := re.search(r"label at (\S+)", line))), None)
         assert url is not None and url.endswith(f"?token={TOKEN}")
         given: list[dict] = []  # every answer a page sent
@@ -180,8 +142,7 @@ def test_a_person_teaches_a_training_run_from_the_browser(tmp_path):
         for query_id, answer in answers.items():
             assert trained.get(query_id) == preference.get(answer.label)
     finally:
-        browser.close()
-        manager.stop()
+        stack.close()
         if training.poll() is None:
             training.kill()
             training.wait()

@@ -3,6 +3,7 @@ refused requests that change nothing, clip strips, the page's files, and the ser
 
 import hashlib
 import io
+import json
 import re
 import sqlite3
 import subprocess
@@ -14,12 +15,10 @@ import warnings
 
 import numpy as np
 import pytest
-from gymnasium import spaces
 from PIL import Image
+from web_helpers import AUTH, FRAMES, HEIGHT, LENGTH, QUERIES, TOKEN, WIDTH, make_mujoco_store, make_store
 
 from gym_prefs import PreferenceStore
-from gym_prefs.clips import ClipInfo
-from gym_prefs.records import SegmentPairs
 from gym_prefs.web.api_requests import MAX_BODY
 from gym_prefs.web.clip_images import ClipStrips, encode_strip
 from gym_prefs.web.server import create_app
@@ -29,27 +28,6 @@ with warnings.catch_warnings():  # Starlette 1.x suggests another HTTP client fo
     from starlette.testclient import TestClient
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
-
-TOKEN = "s3cret-token"
-AUTH = {"X-Token": TOKEN}
-LENGTH, HEIGHT, WIDTH, FPS = 6, 7, 9, 50.0  # 50 fps clips play every 2nd step: 3 frames
-FRAMES = 3
-QUERIES = 4
-
-
-def make_store(path, queries=QUERIES):
-    rng = np.random.default_rng(0)
-    store = PreferenceStore(path, spaces.Box(-1, 1, (3,)), spaces.Box(-2, 2, (1,)), LENGTH, env_id="Test-v0")
-    store.set_meta("clips", ClipInfo("frame", (HEIGHT, WIDTH, 3), "uint8", fps=FPS).to_json())
-    store.set_meta("instruction", "balance the pole")
-    store.set_meta("total_labels", "10")
-    clips = rng.integers(0, 256, (queries, 2, LENGTH, HEIGHT, WIDTH, 3), dtype=np.uint8)
-    obs = np.zeros((queries, 2, LENGTH, 3), np.float32)
-    ids = store.add_queries(
-        SegmentPairs(obs, np.zeros((queries, 2, LENGTH, 1), np.float32), obs[..., 0], clips), source="web"
-    )
-    store.close()
-    return ids, clips
 
 
 @pytest.fixture
@@ -185,6 +163,18 @@ def test_a_body_over_the_limit_is_413_and_changes_nothing(client, store_path):
     pair = lease(client)
     huge = {**answer_body(pair), "padding": "x" * (MAX_BODY + 1)}
     assert refused(client, store_path, body=huge)[0] == 413
+
+
+def test_a_body_sent_in_chunks_without_a_length_is_cut_off_at_the_limit(client, store_path):
+    pair = lease(client)
+
+    def chunks():  # a streamed body: no Content-Length, so only counting what arrives can stop it
+        body = json.dumps({**answer_body(pair), "padding": "x" * (4 * MAX_BODY)}).encode()
+        for start in range(0, len(body), 1024):
+            yield body[start : start + 1024]
+
+    status, error = refused(client, store_path, content=chunks(), headers={"Content-Type": "application/json"})
+    assert status == 413 and "limit" in error
 
 
 def test_a_bad_label_is_422_and_changes_nothing(client, store_path):
@@ -348,25 +338,9 @@ def test_leases_are_renewed_and_given_back(client):
 
 
 def test_mujoco_states_are_served_as_rendered_jpeg_strips(tmp_path):
-    gym = pytest.importorskip("gymnasium")
     pytest.importorskip("mujoco")
-    from gym_prefs.clips import capture_clip, clip_info_for
-
-    env = gym.make("HalfCheetah-v5")
-    env.reset(seed=0)
-    info = clip_info_for(env)
-    states = []
-    for _ in range(2 * LENGTH):
-        env.step(env.action_space.sample())
-        states.append(capture_clip(env, info))
-    env.close()
     path = tmp_path / "cheetah.db"
-    store = PreferenceStore(path, env.observation_space, env.action_space, LENGTH, env_id="HalfCheetah-v5")
-    store.set_meta("clips", info.to_json())
-    obs = np.zeros((1, 2, LENGTH, *env.observation_space.shape), np.float32)
-    clips = np.asarray(states).reshape(1, 2, LENGTH, -1)
-    store.add_queries(SegmentPairs(obs, np.zeros((1, 2, LENGTH, 6), np.float32), obs[..., 0], clips), "web")
-    store.close()
+    make_mujoco_store(path)
     with TestClient(create_app(path, TOKEN, render_size=64)) as client:
         pair = lease(client)
         first = client.get(pair["first"], headers=AUTH)

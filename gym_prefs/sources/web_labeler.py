@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 from gym_prefs.sources.program_source import ProgramSource
+from gym_prefs.web.serving import page_url
 
 __all__ = ["DEFAULT_PORT", "WebLabeler"]
 
@@ -69,8 +70,7 @@ class WebLabeler(ProgramSource):
     @property
     def url(self) -> str:
         """The page's address, token included."""
-        shown = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{shown}:{self.port}/?token={self.token}"
+        return page_url(self.host, self.port, self.token)
 
     def program_args(self, store_path: Path) -> list[str]:
         return [

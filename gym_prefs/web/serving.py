@@ -21,10 +21,24 @@ from urllib.parse import quote
 from gym_prefs.processes import process_alive
 from gym_prefs.store_errors import StoreError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "EXIT_WITH_CHECK", "PROGRAM", "main", "page_url", "parser", "serve"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_PORT",
+    "EXIT_WITH_CHECK",
+    "PROGRAM",
+    "main",
+    "page_url",
+    "parser",
+    "serve",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+#: Seconds a page holds a pair without renewing it.
+DEFAULT_LEASE_SECONDS = 60.0
+#: The shortest lease accepted: a page renews every third of it.
+MIN_LEASE_SECONDS = 3.0
 #: Seconds between checks that the process named by ``exit_with`` still lives.
 EXIT_WITH_CHECK = 0.5
 #: How ``python -m gym_prefs.web`` calls itself in its usage line.
@@ -87,6 +101,7 @@ def serve(
     labeler_default: str = "web",
     exit_with: int | None = None,
     announce: Callable[[str], Any] = print,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> None:
     """Serve the labelling page for ``store_path`` until interrupted (or ``exit_with`` ends).
 
@@ -99,6 +114,8 @@ def serve(
         labeler_default: the name recorded when a page sends none.
         exit_with: stop once the process with this id has ended.
         announce: called with the line that gives the page's address.
+        lease_seconds: how long a page keeps the pairs it holds without renewing them (pages renew
+            every third of it); the pairs of a page that went away go to others after this.
 
     Raises:
         FileNotFoundError: there is no store at ``store_path``.
@@ -117,7 +134,9 @@ def serve(
         raise ImportError(EXTRA_HINT) from error
 
     token = token or secrets.token_urlsafe(16)
-    app = create_app(store_path, token, labeler_default=labeler_default, render_size=render_size)
+    app = create_app(
+        store_path, token, labeler_default=labeler_default, render_size=render_size, lease_seconds=lease_seconds
+    )
     try:
         sock = _bind(host, port)
     except OSError:
@@ -169,6 +188,13 @@ def parser(prog: str = PROGRAM) -> argparse.ArgumentParser:
     result.add_argument("--render-size", type=int, default=240, help="pixels of frames rendered from MuJoCo states")
     result.add_argument("--labeler", default="web", help="name stored with answers from a page that gives none")
     result.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=DEFAULT_LEASE_SECONDS,
+        help="how long a page keeps a pair without renewing it; a closed page's pairs go to others after this "
+        f"(default {DEFAULT_LEASE_SECONDS:g}, at least {MIN_LEASE_SECONDS:g})",
+    )
+    result.add_argument(
         "--exit-with",
         type=int,
         default=None,
@@ -184,7 +210,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
 
     Args:
         argv: the arguments (``sys.argv[1:]`` if ``None``): ``STORE [--host HOST] [--port PORT]
-            [--token TOKEN] [--render-size N] [--labeler NAME] [--exit-with PID]``.
+            [--token TOKEN] [--render-size N] [--labeler NAME] [--lease-seconds S] [--exit-with PID]``.
         prog: the program's name in its usage and help.
 
     Returns:
@@ -194,8 +220,17 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
         ``python -m gym_prefs.web runs/hopper/preferences.db --port 8765``
     """
     args = parser(prog).parse_args(argv)
+    # Mesa's software renderer spreads every frame over all cores, taking them from the training
+    # run beside it; on one thread a 240 px MuJoCo frame still takes only about 5 ms.
+    os.environ.setdefault("LP_NUM_THREADS", "1")
     if args.render_size < 16:
         print(f"gym_prefs: --render-size must be at least 16 pixels, got {args.render_size}", file=sys.stderr)
+        return 2
+    if not args.lease_seconds >= MIN_LEASE_SECONDS:  # NaN included
+        print(
+            f"gym_prefs: --lease-seconds must be at least {MIN_LEASE_SECONDS:g}, got {args.lease_seconds:g}",
+            file=sys.stderr,
+        )
         return 2
     try:
         serve(
@@ -207,6 +242,7 @@ def main(argv: Sequence[str] | None = None, prog: str = PROGRAM) -> int:
             labeler_default=args.labeler,
             exit_with=args.exit_with,
             announce=lambda line: print(line, flush=True),
+            lease_seconds=args.lease_seconds,
         )
     except (StoreError, FileNotFoundError, OSError) as error:
         print(f"gym_prefs: {error}", file=sys.stderr)

@@ -31,6 +31,7 @@
     lastTick: null,
     paused: false,
     speed: 0,
+    renewTimer: null,
     answerTimes: [], // when this page's answers were acknowledged (pace per minute)
   };
 
@@ -77,7 +78,9 @@
 
   async function showNext() {
     if (!state.ahead) fetchAhead();
+    const slow = setTimeout(() => say("Loading the next pair…"), 300);
     const next = await state.ahead;
+    clearTimeout(slow);
     state.ahead = null;
     if (next.error || next.waiting || next.done) {
       state.freeSlot = next.slot !== undefined ? next.slot : state.freeSlot; // the slot holds nothing
@@ -92,6 +95,10 @@
       return;
     }
     state.current = next;
+    if (state.renewTimer === null) {
+      // Renew three times a lease: a page that looks at a pair for long keeps it.
+      state.renewTimer = setInterval(renewLeases, Math.max(1000, (next.meta.expires_in * 1000) / 3));
+    }
     state.drawn = false;
     state.playhead = 0;
     say("");
@@ -170,15 +177,15 @@
       seconds,
     });
     state.freeSlot = pair.slot; // the answer gave the lease back
-    if (status === 200) {
-      state.answerTimes.push(performance.now());
-    } else {
-      say(status === 409 ? `Not counted: ${data.error}` : `The server refused the answer: ${data.error}`);
-    }
+    // The answered pair stays on screen until the next one is ready, but is no longer answerable:
+    // a key pressed meanwhile must not send a second answer for it.
+    state.current = null;
+    if (status === 200) state.answerTimes.push(performance.now());
     state.answeredAt = performance.now();
+    await showNext();
+    if (status !== 200) say(status === 409 ? `Not counted: ${data.error}` : `The server refused the answer: ${data.error}`);
     state.sending = false;
     setAnswerButtons(true);
-    await showNext();
     refreshStatus();
   }
 
@@ -245,7 +252,6 @@
     $("who").hidden = true;
     refreshStatus();
     setInterval(refreshStatus, 3000);
-    setInterval(renewLeases, 20000);
     showNext();
     requestAnimationFrame(drawFrame);
   }
