@@ -99,6 +99,7 @@ class PreferenceCallback(BaseCallback):
     ) -> None:
         super().__init__(verbose)
         self.config = PreferenceConfig.from_settings(settings, base=config)
+        _check_labels_per_query(source, self.config.labels_per_query)
         self.source = make_source(source, seed=self.config.seed, **_person_kwargs(source, instruction))
         self._owns_source = isinstance(source, str)
         self._store_spec = store
@@ -288,6 +289,16 @@ def _person_kwargs(source: str | PreferenceSource, instruction: str | None) -> d
             "(a source object takes its own instruction)"
         )
     return {"instruction": instruction}
+
+
+def _check_labels_per_query(source: str | PreferenceSource, labels_per_query: int) -> None:
+    # Only the labelling page has several people; anything else would wait forever for a second.
+    name = source if isinstance(source, str) else getattr(source, "name", type(source).__name__)
+    if labels_per_query > 1 and name != "web":
+        raise ValueError(
+            f"labels_per_query={labels_per_query} sends each pair to that many different people on the "
+            f"labelling page, so it goes with the source 'web', not {name!r}; leave it at 1 otherwise"
+        )
 
 
 def _close(parts: RunParts, source: PreferenceSource | None) -> None:

@@ -152,7 +152,8 @@ class Viewer:
         self.desk = LabelDesk(self.store)  # one transaction an answer, its vote and answer
         self.progress = _Progress(self.desk)
 
-        self.painter = WindowPainter(pygame, f"gym-prefs label: which clip is better? ({Path(store_path).name})")
+        self._title = f"gym-prefs label: which clip is better? ({Path(store_path).name})"
+        self.painter = WindowPainter(pygame, self._title)
         self.screen = self.painter.screen
         self.clock = pygame.time.Clock()
 
@@ -242,6 +243,9 @@ class Viewer:
         if self.current is not None and not self.on_screen:
             self.on_screen = True
             self.shown_at = now
+            # The title names the pair on screen (which also tells a script driving the window
+            # that a key will now answer it).
+            self.pygame.display.set_caption(f"{self._title} - query {self.current.query_id}")
         if self._answered_at is not None and self.current is not None:
             self.latencies.append(now - self._answered_at)
             self._answered_at = None

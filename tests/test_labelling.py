@@ -120,3 +120,24 @@ def test_the_initial_wait_gives_up_after_its_timeout(store):
     side.ask(pairs(2), timestep=0)
     with pytest.raises(TimeoutError, match="2 of the queries asked of 'scripted' before RL starts got no answer"):
         side.wait_for_initial(2, timeout=1.5)
+
+
+def test_agreement_between_people_is_logged_only_when_several_answer_a_query(store):
+    from stable_baselines3.common.logger import Logger
+
+    from gym_prefs.label_desk import LabelDesk
+
+    side, _ = side_for(store, ScriptedSource(lambda query: None))
+    side.ask(pairs(2), timestep=0)
+    logger = Logger(folder=None, output_formats=[])
+    side.log_counts(logger, labels=0)
+    assert "preferences/agreement" not in logger.name_to_value  # one person a query: nothing to agree on
+    store.set_meta("labels_per_query", "2")
+    desk = LabelDesk(store)
+    first, second = store.pending_ids()
+    desk.answer(first, "first", "ann", 1.0)
+    desk.answer(first, "first", "bob", 1.0)  # agree
+    desk.answer(second, "first", "ann", 1.0)
+    desk.answer(second, "second", "bob", 1.0)  # disagree
+    side.log_counts(logger, labels=2)
+    assert logger.name_to_value["preferences/agreement"] == pytest.approx(0.5)

@@ -51,6 +51,17 @@ def find_window(process, env, timeout=60.0):
     raise AssertionError("the window did not appear")
 
 
+def wait_for_title(window, env, accept, timeout=60.0):
+    """The title of ``window`` once ``accept(title)`` holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        name = subprocess.run(["xdotool", "getwindowname", window], env=env, capture_output=True, text=True).stdout
+        if accept(name.strip()):
+            return name.strip()
+        time.sleep(0.1)
+    raise AssertionError(f"the window's title stayed {name.strip()!r}")
+
+
 @pytest.mark.skipif(
     not (shutil.which("Xvfb") and shutil.which("xdotool")),
     reason="needs Xvfb and xdotool (apt-get install xvfb xdotool); .ci/run installs them",
@@ -69,11 +80,15 @@ def test_a_person_labels_in_a_real_window(store_path, x_display):
         window = find_window(viewer, env)
         subprocess.run(["xdotool", "windowfocus", "--sync", window], env=env, timeout=10)
         keys = ["Left", "Right", "Up", "Down"] * 3
+        answered_title = None
         for key in keys:
             with PreferenceStore(store_path, readonly=True) as store:
                 before = len(store.answers())
+            # Keys answer only a pair on screen, which the title names: wait for the next one.
+            title = wait_for_title(window, env, lambda name, last=answered_title: "query" in name and name != last)
             time.sleep(0.4)  # a person looks at the clips
             subprocess.run(["xdotool", "key", key], env=env, timeout=10)
+            answered_title = title
             deadline = time.time() + 20
             while time.time() < deadline:
                 with PreferenceStore(store_path, readonly=True) as store:

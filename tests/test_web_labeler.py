@@ -21,6 +21,13 @@ def test_an_instruction_for_the_oracle_is_refused_with_the_reason():
         PreferenceCallback("oracle", instruction="run")
 
 
+def test_several_people_a_query_go_with_the_labelling_page_only():
+    assert PreferenceCallback("web", labels_per_query=3).config.labels_per_query == 3
+    for source in ("oracle", "human"):
+        with pytest.raises(ValueError, match="goes with the source 'web'"):
+            PreferenceCallback(source, labels_per_query=3)
+
+
 def test_the_address_holds_a_random_token_and_binds_loopback_by_default():
     first, second = WebLabeler(start_server=False), WebLabeler(start_server=False)
     assert first.url.startswith("http://127.0.0.1:8765/?token=") and first.token != second.token

@@ -121,6 +121,24 @@ def test_two_people_get_different_pairs_and_one_person_keeps_theirs(client):
     assert ann["first"] == f"/api/clip/{ann['query_id']}/first"
 
 
+def test_with_two_labels_a_query_the_pair_goes_to_two_people_and_their_answers_combine(store_path):
+    with PreferenceStore(store_path) as store:
+        store.set_meta("labels_per_query", "2")
+    with TestClient(create_app(store_path, TOKEN)) as client:
+        ann = lease(client, "ann")
+        vote = client.post("/api/answer", headers=AUTH, json=answer_body(ann, "first", "ann")).json()
+        assert vote["counted"] and not vote["complete"] and vote["answer"] is None
+        assert lease(client, "ann")["query_id"] != ann["query_id"]  # never twice to one person
+        bob = lease(client, "bob")
+        assert bob["query_id"] == ann["query_id"]  # but to another
+        vote = client.post("/api/answer", headers=AUTH, json=answer_body(bob, "first", "bob")).json()
+        assert vote["complete"] and vote["answer"] == {"label": "first", "labeler": "ann, bob"}
+        status = client.get("/api/status", headers=AUTH).json()
+        assert status["labels_per_query"] == 2 and status["agreement"] == 1.0
+    with PreferenceStore(store_path, readonly=True) as store:
+        assert [(answer.query_id, answer.label) for answer in store.answers()] == [(ann["query_id"], "first")]
+
+
 def test_an_answer_is_committed_before_it_is_acknowledged(client, store_path):
     pair = lease(client)
     response = client.post("/api/answer", headers=AUTH, json=answer_body(pair, "second"))
