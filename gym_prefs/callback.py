@@ -186,7 +186,7 @@ class PreferenceCallback(BaseCallback):
             return
         # Before RL: the initial share answered (a resumed run refits on every stored label too).
         parts.labelling.wait_for_initial(self.schedule.initial, cfg.initial_label_timeout)
-        self.parts.start_fit(cfg.initial_fit_epochs)
+        self.parts.start_fit(*cfg.fit_length(initial=True))
         self._apply_fit()
 
     def _on_training_end(self) -> None:
@@ -194,7 +194,7 @@ class PreferenceCallback(BaseCallback):
         self._update()
         self._apply_fit()
         if self.parts.labels_since_fit:
-            self.parts.start_fit(self.config.fit_epochs)
+            self.parts.start_fit(*self.config.fit_length(initial=False))
             self._apply_fit()
         # What happened since SB3's last log dump would otherwise never reach the logs.
         self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
@@ -230,7 +230,7 @@ class PreferenceCallback(BaseCallback):
         # now, always here (waiting for it if need be), so that runs stay reproducible.
         self._apply_fit()
         if self.parts.labels_since_fit:
-            self.parts.start_fit(self.config.fit_epochs)
+            self.parts.start_fit(*self.config.fit_length(initial=False))
         self._log_counts()
 
     def _ask(self, count: int, required: bool = False) -> None:

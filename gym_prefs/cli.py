@@ -156,7 +156,7 @@ def _eval(args: argparse.Namespace) -> int:
         import gymnasium as gym
 
         gym.register_envs(ale_py)
-    env = evaluation_env(env_id, "atari" if env_id.startswith("ALE/") else "none", args.seed)
+    env = evaluation_env(env_id, "atari" if env_id.startswith("ALE/") else "none", args.seed, args.episodes)
     mean, std = evaluate_policy(model, env, n_eval_episodes=args.episodes, deterministic=not args.stochastic)
     print(f"{env_id} / {algo}: true return over {args.episodes} episodes: {mean:.1f} ± {std:.1f}")
     return 0

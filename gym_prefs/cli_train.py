@@ -37,15 +37,26 @@ def algorithm_class(name: str) -> Any:
     return getattr(stable_baselines3, name.upper())
 
 
-def evaluation_env(env_id: str, preset: str, seed: int) -> Any:
-    """The env as everyone benchmarks it: its own terminations and reward (Atari: same preprocessing)."""
+#: Episodes of the final evaluation of an Atari agent unless told (a CPU plays one in ~10 s).
+ATARI_EVAL_EPISODES = 2
+#: Most episodes evaluated side by side (one env each, the policy run on all at once).
+EVAL_ENVS = 8
+
+
+def evaluation_env(env_id: str, preset: str, seed: int, episodes: int = 1) -> Any:
+    """The env as everyone benchmarks it: its own terminations and reward (Atari: same preprocessing).
+
+    ``episodes`` are played side by side in up to :data:`EVAL_ENVS` envs, so that the policy runs
+    once a step for all of them (an Atari game lasts thousands of steps).
+    """
+    n_envs = max(1, min(episodes, EVAL_ENVS))
     if preset == "atari":
         from gym_prefs.atari import make_atari_eval_env
 
-        return make_atari_eval_env(env_id, seed=seed)
+        return make_atari_eval_env(env_id, n_envs=n_envs, seed=seed)
     from stable_baselines3.common.env_util import make_vec_env
 
-    return make_vec_env(env_id, n_envs=1, seed=seed)
+    return make_vec_env(env_id, n_envs=n_envs, seed=seed)
 
 
 def add_train_arguments(train: argparse.ArgumentParser) -> None:
@@ -67,11 +78,19 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     )
     train.add_argument(
         "--labeler",
-        choices=("oracle", "human"),
+        choices=("oracle", "human", "web"),
         default="oracle",
-        help="who labels: the synthetic oracle, or you in a window (default: oracle)",
+        help="who labels: the synthetic oracle, you in a window, or people on a web page (default: oracle)",
     )
-    train.add_argument("--instruction", default="", help="with --labeler human: what to teach, shown in the window")
+    train.add_argument(
+        "--instruction", default="", help="with --labeler human or web: what to teach, shown to the person"
+    )
+    train.add_argument(
+        "--paper",
+        action="store_true",
+        help="Atari: fit the reward model as long as the paper (200 epochs before RL) even without a GPU, "
+        "where the preset otherwise caps each fit at a few gradient steps",
+    )
     train.add_argument("--labels", type=int, default=200, help="label budget (default: 200)")
     train.add_argument("--steps", type=int, default=40_000, help="environment steps of RL (default: 40000)")
     train.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the preset's, else 4)")
@@ -80,7 +99,13 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--selection", choices=("disagreement", "random"), default="disagreement", help="query selection"
     )
-    train.add_argument("--eval-episodes", type=int, default=10, help="episodes of the final evaluation (default: 10)")
+    train.add_argument(
+        "--eval-episodes",
+        type=int,
+        default=None,
+        help=f"episodes of the final evaluation, played side by side (default: 10; Atari: {ATARI_EVAL_EPISODES}, "
+        "a game lasts thousands of steps)",
+    )
     train.add_argument("--out", type=Path, default=None, help="output folder (default: runs/ENV-ALGO-TIME)")
     train.add_argument(
         "--store",
@@ -114,7 +139,7 @@ def train(args: argparse.Namespace) -> int:
     discrete = isinstance(probe.action_space, gym.spaces.Discrete)
     action_space = probe.action_space
     probe.close()
-    preset = preset_for(args.env_id, args.preset, args.algo, total_labels=args.labels)
+    preset = preset_for(args.env_id, args.preset, args.algo, total_labels=args.labels, paper=args.paper or None)
     n_envs = args.n_envs or preset.n_envs or 4
     algo = preset.algo
     if algo in DISCRETE_ONLY and not discrete:
@@ -137,7 +162,7 @@ def train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"{args.env_id.replace('/', '_')}-{algo}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     env_kwargs = dict(preset.env_kwargs)
-    if args.labeler == "human":
+    if args.labeler in ("human", "web"):
         # A person sees the env's frames (MuJoCo envs are rendered from their states instead).
         env_kwargs["render_mode"] = "rgb_array"
     try:
@@ -159,7 +184,13 @@ def train(args: argparse.Namespace) -> int:
     else:
         print("gym-prefs: for TensorBoard logs in the run folder: pip install 'gym-prefs[tensorboard]'")
     model.set_logger(configure(str(out), formats))
-    source: Any = gym_prefs.PygameLabeler(args.instruction) if args.labeler == "human" else "oracle"
+    source: Any = args.labeler
+    if args.labeler == "human":
+        source = gym_prefs.PygameLabeler(args.instruction)
+    elif args.labeler == "web":
+        from gym_prefs.sources import WebLabeler
+
+        source = WebLabeler(args.instruction)
     config = preset.config.replace(total_labels=args.labels, selection=args.selection, seed=args.seed)
     if args.segment_length is not None:
         config = config.replace(segment_length=args.segment_length)
@@ -171,10 +202,11 @@ def train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
 
     # Evaluated on the env as everyone benchmarks it (with its own terminations and reward).
-    eval_env = evaluation_env(args.env_id, preset.name, args.seed + 10_000)
-    trained, trained_std = evaluate_policy(model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=True)
+    episodes = args.eval_episodes or (ATARI_EVAL_EPISODES if preset.name == "atari" else 10)
+    eval_env = evaluation_env(args.env_id, preset.name, args.seed + 10_000, episodes)
+    trained, trained_std = evaluate_policy(model, eval_env, n_eval_episodes=episodes, deterministic=True)
     untrained_model = algorithm_class(algo)(preset.policy, eval_env, seed=args.seed, **preset.algo_kwargs)
-    untrained, _ = evaluate_policy(untrained_model, eval_env, n_eval_episodes=args.eval_episodes, deterministic=False)
+    untrained, _ = evaluate_policy(untrained_model, eval_env, n_eval_episodes=episodes, deterministic=False)
     model.save(out / "agent.zip")
     callback.reward_model.save(out / "reward_model.pt")
     store_path = args.store or out / "preferences.db"
@@ -199,7 +231,7 @@ def train(args: argparse.Namespace) -> int:
     print(
         f"\n{args.env_id} / {algo} ({preset.name} preset): {args.steps} steps, {callback.num_labels} labels "
         f"({callback.num_queries} asked), {seconds:.0f} s\n"
-        f"true return over {args.eval_episodes} episodes: {trained:.1f} ± {trained_std:.1f} "
+        f"true return over {episodes} episodes: {trained:.1f} ± {trained_std:.1f} "
         f"(untrained policy: {untrained:.1f})\n"
         f"saved agent.zip, reward_model.pt, progress.csv and summary.json in {out}; labels in {store_path}"
     )

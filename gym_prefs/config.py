@@ -34,6 +34,11 @@ class PreferenceConfig:
             them over the run.
         initial_fit_epochs: epochs of the first fit, before RL.
         fit_epochs: epochs of each later refit.
+        initial_fit_steps: at most this many gradient steps (minibatches) in the first fit, which
+            then ends before its epochs are done (mid-epoch if need be), so that its cost does not
+            grow with the labels; ``None``: ``initial_fit_epochs`` whole. A CNN on a CPU needs it
+            (see the Atari preset).
+        fit_steps: the same cap for each later refit.
         batch_size: labelled pairs per minibatch.
         learning_rate: Adam learning rate of the reward model.
         reward_model: a :class:`~gym_prefs.RewardEnsemble`, a path to a saved one, a dict of
@@ -82,6 +87,8 @@ class PreferenceConfig:
     refit_interval: int | None = None
     initial_fit_epochs: int = 100
     fit_epochs: int = 5
+    initial_fit_steps: int | None = None
+    fit_steps: int | None = None
     batch_size: int = 64
     learning_rate: float = 1e-3
     reward_model: Any = None
@@ -100,7 +107,9 @@ class PreferenceConfig:
             raise ValueError(f"selection must be one of {SELECTION_METHODS}, got {self.selection!r}")
         if self.fitting not in FITTING_MODES:
             raise ValueError(f"fitting must be one of {FITTING_MODES}, got {self.fitting!r}")
-        for name in ("segment_length", "refit_interval", "initial_steps", "max_comparisons"):
+        for name in (
+            "segment_length", "refit_interval", "initial_steps", "max_comparisons", "initial_fit_steps", "fit_steps"
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and not value >= 1:
                 raise ValueError(f"{name} must be positive or None, got {value}")
@@ -133,6 +142,17 @@ class PreferenceConfig:
         return LabelSchedule(
             self.total_labels, horizon, self.initial_label_fraction, self.schedule, self.schedule_scale
         )
+
+    def fit_length(self, initial: bool) -> tuple[int, int | None]:
+        """Epochs and the cap on gradient steps of the first fit (``initial``) or of a refit.
+
+        Example:
+            >>> PreferenceConfig(initial_fit_epochs=200, initial_fit_steps=12).fit_length(initial=True)
+            (200, 12)
+        """
+        if initial:
+            return self.initial_fit_epochs, self.initial_fit_steps
+        return self.fit_epochs, self.fit_steps
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as keyword arguments (for ``PreferenceCallback(**settings)``, a JSON log, ...)."""

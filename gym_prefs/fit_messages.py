@@ -168,10 +168,11 @@ class Load:
 
 @dataclass(frozen=True)
 class Fit:
-    """Add ``labels`` to the worker's copy and fit on all of it for ``epochs`` epochs."""
+    """Add ``labels`` to the worker's copy and fit on all of it for ``epochs`` epochs (at most ``max_steps``)."""
 
     labels: NewLabels
     epochs: int
+    max_steps: int | None = None
 
 
 # Replies from the worker.

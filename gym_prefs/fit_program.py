@@ -67,7 +67,7 @@ def serve(inbox: IO[bytes], outbox: IO[bytes], lock: threading.Lock) -> None:
             elif isinstance(message, Fit):
                 assert trainer is not None and data is not None, "load must come first"
                 message.labels.add_to(data)
-                report = trainer.fit(data, message.epochs)
+                report = trainer.fit(data, message.epochs, message.max_steps)
                 reply(Fitted.of(trainer, report))
             else:
                 raise TypeError(f"unknown message {type(message).__name__}")

@@ -174,7 +174,7 @@ class FitWorker:
         self.seconds = trainer.seconds
         self._unacknowledged += 1
 
-    def start(self, data: Comparisons, epochs: int) -> None:
+    def start(self, data: Comparisons, epochs: int, max_steps: int | None = None) -> None:
         """Send the labels the worker has not seen yet and start a fit of ``epochs`` epochs.
 
         Raises:
@@ -184,7 +184,7 @@ class FitWorker:
         if self._busy:
             raise RuntimeError("a fit is already running; call result() first")
         self._check_running()
-        self._outbox.put(Fit(self._new_labels(data), epochs))
+        self._outbox.put(Fit(self._new_labels(data), epochs, max_steps))
         self._busy = True
 
     def result(self) -> tuple[dict[str, Any], FitReport]:

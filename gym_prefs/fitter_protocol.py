@@ -17,7 +17,7 @@ from gym_prefs.comparisons import Comparisons
 from gym_prefs.fitting import FitReport
 from gym_prefs.reward_model import RewardEnsemble
 
-__all__ = ["FitResult", "Fitter", "check_can_start", "fit_job", "running", "state_copy"]
+__all__ = ["FitJob", "FitResult", "Fitter", "check_can_start", "fit_job", "running", "state_copy"]
 
 _T = TypeVar("_T")
 
@@ -62,8 +62,10 @@ class Fitter(Protocol):
         """Time spent fitting so far, wherever it ran."""
         ...
 
-    def start(self, data: Comparisons, epochs: int) -> None:
+    def start(self, data: Comparisons, epochs: int, max_steps: int | None = None) -> None:
         """Start fitting on every row of ``data`` (rows added later are not seen).
+
+        The fit runs ``epochs`` epochs or ``max_steps`` gradient steps, whichever ends first.
 
         Raises:
             RuntimeError: if a fit is already running, or the fitter was closed.
@@ -83,11 +85,15 @@ class Fitter(Protocol):
         ...
 
 
-def fit_job(data: Comparisons, epochs: int) -> tuple[Comparisons, int]:
-    """What a fit started now works on: ``data`` as it is now, and ``epochs``."""
+#: What a started fit works on: the data as it was, its epochs and its cap on gradient steps.
+FitJob = tuple[Comparisons, int, "int | None"]
+
+
+def fit_job(data: Comparisons, epochs: int, max_steps: int | None = None) -> FitJob:
+    """What a fit started now works on: ``data`` as it is now, ``epochs`` and ``max_steps``."""
     # A shallow copy fixes which rows this fit sees: rows are never changed in place, and rows
     # added (or dropped) later go to new positions or new arrays that the copy does not know.
-    return copy.copy(data), epochs
+    return copy.copy(data), epochs, max_steps
 
 
 def check_can_start(busy: bool, closed: bool) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gym_prefs.comparisons import Comparisons
-from gym_prefs.fitter_protocol import FitResult, Fitter, check_can_start, fit_job, running, state_copy
+from gym_prefs.fitter_protocol import FitJob, FitResult, Fitter, check_can_start, fit_job, running, state_copy
 from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.process_fitter import MAX_FIT_WORKER_RESTARTS, ProcessFitter
 from gym_prefs.reward_model import CUSTOM_CALLABLE, RewardEnsemble
@@ -65,7 +65,7 @@ class InlineFitter:
     ) -> None:
         self.trainer = RewardTrainer(model.clone(), **trainer_kwargs)
         self._timings = timings if timings is not None else Timings()
-        self._job: tuple[Comparisons, int] | None = None
+        self._job: FitJob | None = None
         self._closed = False
 
     @property
@@ -76,15 +76,15 @@ class InlineFitter:
     def seconds(self) -> float:
         return self.trainer.seconds
 
-    def start(self, data: Comparisons, epochs: int) -> None:
+    def start(self, data: Comparisons, epochs: int, max_steps: int | None = None) -> None:
         check_can_start(self.busy, self._closed)
         with self._timings.measure("fitting_handover"):
-            self._job = fit_job(data, epochs)
+            self._job = fit_job(data, epochs, max_steps)
 
     def finish(self) -> FitResult:
-        data, epochs = running(self._job)
+        data, epochs, max_steps = running(self._job)
         self._job = None
-        report = self.trainer.fit(data, epochs)
+        report = self.trainer.fit(data, epochs, max_steps)
         return FitResult(state_copy(self.trainer.model), report)
 
     def close(self) -> None:
@@ -135,10 +135,10 @@ class ThreadFitter:
     def seconds(self) -> float:
         return self.trainer.seconds
 
-    def start(self, data: Comparisons, epochs: int) -> None:
+    def start(self, data: Comparisons, epochs: int, max_steps: int | None = None) -> None:
         check_can_start(self.busy, self._closed)
         with self._timings.measure("fitting_handover"):
-            self._future = self._executor.submit(self.trainer.fit, *fit_job(data, epochs))
+            self._future = self._executor.submit(self.trainer.fit, *fit_job(data, epochs, max_steps))
 
     def finish(self) -> FitResult:
         future = running(self._future)

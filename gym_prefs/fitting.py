@@ -38,8 +38,9 @@ class FitReport:
         accuracy: share of validation pairs (training pairs when there is no validation
             split) whose clear preference the ensemble mean predicts; "equal" pairs are left out.
         l2: the L2 coefficient, averaged over members.
-        epochs: epochs run.
+        epochs: epochs run (the last one cut short when ``steps`` reached the fit's cap).
         pairs: labelled pairs available.
+        steps: gradient steps (minibatches) taken.
 
     Example:
         >>> report = FitReport(0.4, 0.5, 0.9, 1e-4, epochs=5, pairs=200)
@@ -53,6 +54,7 @@ class FitReport:
     l2: float
     epochs: int
     pairs: int
+    steps: int = 0
 
 
 class RewardTrainer:
@@ -204,8 +206,11 @@ class RewardTrainer:
         return loss, correct / clear if clear else float("nan")
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, data: Comparisons, epochs: int) -> FitReport:
+    def fit(self, data: Comparisons, epochs: int, max_steps: int | None = None) -> FitReport:
         """Train every member for ``epochs`` passes over its bootstrap sample of ``data``.
+
+        ``max_steps`` caps the gradient steps (minibatches) of the whole fit, so that its cost
+        does not grow with the labels: the fit ends early, mid-epoch if need be.
 
         The fitted ensemble is then normalised (:meth:`RewardEnsemble.calibrate`) on up to
         ``CALIBRATION_STEPS`` labelled steps (``CALIBRATION_FRAMES`` for image observations),
@@ -215,11 +220,11 @@ class RewardTrainer:
             raise ValueError("no labelled pairs to fit the reward model to")
         start = time.perf_counter()
         try:
-            return self._fit(data, epochs)
+            return self._fit(data, epochs, max_steps)
         finally:
             self.seconds += time.perf_counter() - start
 
-    def _fit(self, data: Comparisons, epochs: int) -> FitReport:
+    def _fit(self, data: Comparisons, epochs: int, max_steps: int | None) -> FitReport:
         model = self.model
         n = model.n_members
         model.set_input_stats(data.obs, data.actions)
@@ -232,13 +237,20 @@ class RewardTrainer:
         boot = train_rows[self.rng.integers(0, len(train_rows), size=(n, len(train_rows)))]
         batch = min(self.batch_size, len(train_rows))
         train_loss = np.full(n, np.nan)
+        taken = epochs_run = 0  # gradient steps and epochs so far
         for _ in range(epochs):
+            if max_steps is not None and taken >= max_steps:
+                break
+            epochs_run += 1
             model.train()
             order = np.take_along_axis(
                 boot, self.rng.permuted(np.tile(np.arange(boot.shape[1]), (n, 1)), axis=1), axis=1
             )
             epoch_loss = torch.zeros(n, device=model.device)
             batches = max(1, boot.shape[1] // batch)
+            if max_steps is not None:
+                batches = min(batches, max_steps - taken)
+            taken += batches
             for b in range(batches):
                 rows = order[:, b * batch : (b + 1) * batch]  # [n, batch]
                 returns = self._segment_returns(data.obs[rows], data.actions[rows])
@@ -267,8 +279,9 @@ class RewardTrainer:
             val_loss=float(np.mean(val_loss)),
             accuracy=float(accuracy),
             l2=float(self.l2.mean()),
-            epochs=epochs,
+            epochs=epochs_run,
             pairs=len(data),
+            steps=taken,
         )
 
     def _adapt_l2(self, ratio: np.ndarray) -> None:

@@ -199,7 +199,13 @@ def _linear(start: float) -> Any:
     return schedule
 
 
-def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
+#: Gradient steps of the Atari reward model's first fit and of each refit on a CPU: one step of
+#: 16 pairs of 2 x 25 frames through 3 CNN members takes about 1.6 s on 2 cores, so the paper's
+#: 200 epochs over 500 labels (over 6,000 steps) would take hours.
+ATARI_CPU_FIT_STEPS = (12, 4)
+
+
+def atari_preset(env_id: str, total_labels: int = 5500, paper: bool | None = None) -> Preset:
     """The paper's Atari settings for an ALE env id (``"ALE/Pong-v5"``).
 
     A2C with 16 envs, n_steps 5, learning rate 7e-4 decaying linearly, entropy 0.01, γ 0.99;
@@ -207,6 +213,13 @@ def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
     :func:`gym_prefs.atari.make_atari_env`); the paper's CNN with batch norm and dropout 0.5,
     the score rows blacked out in its input; 25-step segments; 500 labels and 200 epochs of
     fitting before RL; reward std 0.05; fitting on the newest 3,000 labels.
+
+    Args:
+        env_id: the ALE env id.
+        total_labels: the label budget.
+        paper: fit for as long as the paper (200 epochs first); ``False`` caps each fit at
+            :data:`ATARI_CPU_FIT_STEPS` gradient steps so that a CPU can afford it; ``None``
+            (default) decides by whether CUDA is available, and the preset's notes say which.
 
     Example:
         >>> preset = atari_preset("ALE/Pong-v5", total_labels=3300)
@@ -226,6 +239,16 @@ def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
     else:
         notes.append(f"no score area is known for {game}: the reward model may read the score")
     initial = min(total_labels, 500)
+    if paper is None:
+        import torch
+
+        paper = torch.cuda.is_available()
+    initial_fit_steps, fit_steps = (None, None) if paper else ATARI_CPU_FIT_STEPS
+    if not paper:
+        notes.append(
+            f"no GPU: the reward model's first fit is cut to {initial_fit_steps} gradient steps and each refit "
+            f"to {fit_steps} (the paper's 200 epochs would take hours on a CPU; --paper to fit that long anyway)"
+        )
     return Preset(
         name="atari",
         algo="a2c",
@@ -235,6 +258,8 @@ def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
             segment_length=25,
             initial_label_fraction=initial / total_labels if total_labels else 0.0,
             initial_fit_epochs=200,
+            initial_fit_steps=initial_fit_steps,
+            fit_steps=fit_steps,
             max_comparisons=3000,
             # 16 pairs of 2 x 25 stacked frames per member keep a fit step near 250 MB.
             batch_size=16,
@@ -246,7 +271,9 @@ def atari_preset(env_id: str, total_labels: int = 5500) -> Preset:
     )
 
 
-def preset_for(env_id: str, name: str = "auto", algo: str | None = None, total_labels: int = 700) -> Preset:
+def preset_for(
+    env_id: str, name: str = "auto", algo: str | None = None, total_labels: int = 700, paper: bool | None = None
+) -> Preset:
     """The settings to train ``env_id`` with.
 
     Args:
@@ -255,6 +282,8 @@ def preset_for(env_id: str, name: str = "auto", algo: str | None = None, total_l
             else none), ``"mujoco"``, ``"atari"`` or ``"none"`` (the library's defaults).
         algo: the algorithm to use instead of the preset's.
         total_labels: the label budget (the Atari preset asks 500 of them before RL).
+        paper: the Atari preset's fit lengths: the paper's, a CPU's, or ``None`` to decide by
+            whether CUDA is available (see :func:`atari_preset`).
 
     Example:
         >>> preset_for("Pendulum-v1").algo_kwargs["gamma"]
@@ -265,7 +294,7 @@ def preset_for(env_id: str, name: str = "auto", algo: str | None = None, total_l
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {PRESETS}, got {name!r}")
     if name == "atari" or (name == "auto" and env_id.startswith("ALE/")):
-        preset = atari_preset(env_id, total_labels)
+        preset = atari_preset(env_id, total_labels, paper)
         if algo is not None and algo != preset.algo:
             preset.algo, preset.algo_kwargs = algo, algorithm_kwargs(env_id, algo)
         return preset

@@ -12,7 +12,7 @@ import torch
 
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.fit_worker import FitWorker, FitWorkerError
-from gym_prefs.fitter_protocol import FitResult, check_can_start, fit_job, running, state_copy
+from gym_prefs.fitter_protocol import FitJob, FitResult, check_can_start, fit_job, running, state_copy
 from gym_prefs.fitting import FitReport, RewardTrainer
 from gym_prefs.reward_model import CUSTOM_CALLABLE, RewardEnsemble
 from gym_prefs.timings import Timings
@@ -92,7 +92,7 @@ class ProcessFitter:
         # The model of the last finished fit: where a replacement worker continues from.
         self._last_fitted = model.clone()
         self._fits_finished = 0
-        self._job: tuple[Comparisons, int] | None = None
+        self._job: FitJob | None = None
         self._restarts = 0
         self._closed = False
         self._workers: list[FitWorker] = []  # every worker started, to close them all
@@ -119,22 +119,22 @@ class ProcessFitter:
         """Workers started so far to replace one that died or stalled."""
         return self._restarts
 
-    def start(self, data: Comparisons, epochs: int) -> None:
+    def start(self, data: Comparisons, epochs: int, max_steps: int | None = None) -> None:
         check_can_start(self.busy, self._closed)
         if self._trainer is not None and self._fits_finished:
             with self._timings.measure("fitting_handover"):
                 self._hand_over()
         with self._timings.measure("fitting_handover"):
-            self._job = fit_job(data, epochs)
+            self._job = fit_job(data, epochs, max_steps)
             if self._trainer is None:
                 self._start_in_worker()
 
     def finish(self) -> FitResult:
-        data, epochs = running(self._job)
+        data, epochs, max_steps = running(self._job)
         try:
             if self._trainer is not None:
                 # The first fit, here: the worker is still importing torch meanwhile.
-                report = self._trainer.fit(data, epochs)
+                report = self._trainer.fit(data, epochs, max_steps)
                 state = state_copy(self._trainer.model)
             else:
                 state, report = self._result_from_worker()

@@ -109,9 +109,11 @@ class Publisher:
         logger.record("reward_model/l2", report.l2)
         logger.record("reward_model/true_reward_corr", corr)
         logger.record("reward_model/fits", self.fits)
+        logger.record("reward_model/fit_steps", report.steps)
         if verbose:
             print(
-                f"gym_prefs: fit {self.fits} on {report.pairs} labels: train loss {report.train_loss:.3f}, "
+                f"gym_prefs: fit {self.fits} on {report.pairs} labels ({report.steps} gradient steps): "
+                f"train loss {report.train_loss:.3f}, "
                 f"val loss {report.val_loss:.3f}, accuracy {report.accuracy:.2f}, corr with true reward {corr:.2f}"
             )
 

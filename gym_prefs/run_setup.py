@@ -207,11 +207,11 @@ class RunParts:
         """Whether labels arrived that the newest fit has not seen."""
         return self.comparisons.next_id > self.ids_in_fit
 
-    def start_fit(self, epochs: int) -> None:
+    def start_fit(self, epochs: int, max_steps: int | None = None) -> None:
         """Start fitting on every label so far (nothing to do without labels)."""
         if len(self.comparisons):
             self.ids_in_fit = self.comparisons.next_id
-            self.fitter.start(self.comparisons, epochs)
+            self.fitter.start(self.comparisons, epochs, max_steps)
 
     def apply_fit(self, algo: BaseAlgorithm, logger: Logger, verbose: int, timings: Timings) -> bool:
         """Wait for the running fit, if any, and publish its model; whether there was one."""

@@ -9,10 +9,10 @@ from gym_prefs import LearnedReward, RewardEnsemble, VecLearnedReward  # noqa: E
 from gym_prefs.atari import (  # noqa: E402
     PAPER_GAMES,
     SCORE_ROWS,
-    AtariPreprocessing,
     HideEpisodeEnds,
     make_atari_env,
     mask_rows_for,
+    preprocessed,
 )
 from gym_prefs.presets import atari_preset, preset_for  # noqa: E402
 from gym_prefs.wrappers import EPISODE_ENDED_KEY, EPISODE_RETURNS_KEY, LENGTH_KEY, TRUE_RETURN_KEY  # noqa: E402
@@ -105,10 +105,30 @@ def test_make_atari_env_predicts_every_env_in_one_batch():
     plain.close()
 
 
-def test_preprocessing_skips_four_frames_and_shrinks_to_84():
-    env = AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1, obs_type="grayscale"), noop_max=0)
+def test_preprocessing_is_the_standard_one():
+    pytest.importorskip("cv2")
+    env = preprocessed(gym.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0))
+    assert isinstance(env, gym.wrappers.AtariPreprocessing)  # Gymnasium's, as baselines use it
+    settings = (env.noop_max, env.frame_skip, env.terminal_on_life_loss, env.grayscale_obs, env.scale_obs)
+    assert settings == (30, 4, False, True, False)
     obs, _ = env.reset(seed=0)
     assert obs.shape == (84, 84) and obs.dtype == np.uint8
     _, _, _, _, first = env.step(0)
     _, _, _, _, second = env.step(0)
     assert second["frame_number"] - first["frame_number"] == 4
+
+
+def test_without_a_gpu_the_atari_preset_caps_its_fits_and_says_so(monkeypatch):
+    import torch
+
+    from gym_prefs.presets import ATARI_CPU_FIT_STEPS
+
+    paper = atari_preset("ALE/Pong-v5", paper=True).config
+    assert (paper.initial_fit_epochs, paper.initial_fit_steps, paper.fit_steps) == (200, None, None)
+    cpu = atari_preset("ALE/Pong-v5", paper=False)
+    assert (cpu.config.initial_fit_steps, cpu.config.fit_steps) == ATARI_CPU_FIT_STEPS
+    assert any("--paper" in note for note in cpu.notes)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert atari_preset("ALE/Pong-v5").config.initial_fit_steps is None  # a GPU fits as the paper did
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert atari_preset("ALE/Pong-v5").config.initial_fit_steps == ATARI_CPU_FIT_STEPS[0]

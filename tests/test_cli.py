@@ -104,3 +104,20 @@ def test_label_of_a_missing_store_says_so(tmp_path, capsys):
     assert cli(["label", str(tmp_path / "missing.db")]) == 2
     assert f"gym-prefs: no preference store at {tmp_path / 'missing.db'}" in capsys.readouterr().err
     assert not (tmp_path / "missing.db").exists()
+
+
+def test_an_atari_run_from_the_command_line_leaves_its_artefacts_and_says_what_it_chose(tmp_path, capsys):
+    pytest.importorskip("ale_py")
+    pytest.importorskip("cv2")
+    out = tmp_path / "pong"
+    args = ["train", "ALE/Pong-v5", "--algo", "a2c", "--labels", "6", "--steps", "320", "--n-envs", "4"]
+    assert cli([*args, "--eval-episodes", "1", "--out", str(out), "--verbose", "0", "--no-progress"]) == 0
+    for name in ("agent.zip", "reward_model.pt", "progress.csv", "summary.json", "preferences.db"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["preset"] == "atari" and summary["queries"] == 6
+    settings = summary["callback_kwargs"]
+    printed = capsys.readouterr().out
+    if settings["initial_fit_steps"] is not None:  # no GPU here: the fits are cut, and it says so
+        assert f"first fit is cut to {settings['initial_fit_steps']} gradient steps" in printed
+    assert "true return over 1 episodes" in printed

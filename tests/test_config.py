@@ -70,3 +70,29 @@ def test_presets_return_a_config_with_the_budget():
 def test_the_label_schedule_follows_the_settings():
     schedule = PreferenceConfig(total_labels=100, initial_label_fraction=0.2, schedule="constant").label_schedule(1000)
     assert schedule.initial == 20 and schedule.due(1000) == 100
+
+
+def test_the_step_caps_of_fits_are_checked_and_handed_out():
+    config = PreferenceConfig(initial_fit_epochs=200, fit_epochs=5, initial_fit_steps=24, fit_steps=4)
+    assert config.fit_length(initial=True) == (200, 24) and config.fit_length(initial=False) == (5, 4)
+    assert PreferenceConfig().fit_length(initial=True) == (100, None)
+    for name in ("initial_fit_steps", "fit_steps"):
+        with pytest.raises(ValueError, match=name):
+            PreferenceConfig(**{name: 0})
+
+
+def test_the_first_fit_of_a_run_keeps_to_its_step_cap():
+    import gymnasium as gym
+    from stable_baselines3 import PPO
+
+    from gym_prefs import LearnedReward
+
+    env = LearnedReward(gym.make("CartPole-v1"))
+    callback = PreferenceCallback(
+        "oracle", total_labels=16, initial_label_fraction=1.0, segment_length=10, batch_size=4,
+        initial_fit_epochs=50, initial_fit_steps=8, fitting="inline", seed=0,
+    )  # fmt: skip
+    PPO("MlpPolicy", env, n_steps=64, batch_size=64, policy_kwargs={"net_arch": [8]}, seed=0).learn(
+        64, callback=callback
+    )
+    assert callback.num_fits == 1 and callback.last_fit.steps == 8 and callback.last_fit.epochs < 50

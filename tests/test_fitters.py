@@ -182,7 +182,7 @@ class DyingWorker(FitWorker):
 
     killed: ClassVar[list[int]] = []
 
-    def start(self, data, epochs):
+    def start(self, data, epochs, max_steps=None):
         super().start(data, epochs)
         os.kill(self.pid, signal.SIGKILL)
         self.killed.append(self.pid)

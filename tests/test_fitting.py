@@ -141,3 +141,18 @@ def test_cnn_learns_which_images_are_better():
     predicted = model.predict(test_obs, np.zeros((100, 2, 4), dtype=np.int64)).sum(-1)
     truth = test_level.sum(-1)
     assert np.mean((predicted[:, 0] > predicted[:, 1]) == (truth[:, 0] > truth[:, 1])) >= 0.85
+
+
+def test_a_fit_stops_at_its_cap_on_gradient_steps_mid_epoch_if_need_be():
+    data = Comparisons(OBS, ACT, LENGTH)
+    obs, act, mu, _ = labelled_pairs(40, seed=1)
+    data.add(SegmentPairs(obs, act), mu)
+    uncapped = RewardTrainer(RewardEnsemble(OBS, ACT, seed=0), batch_size=8, seed=0).fit(data, epochs=3)
+    per_epoch = uncapped.steps // 3
+    assert uncapped.epochs == 3 and per_epoch >= 3
+    capped = RewardTrainer(RewardEnsemble(OBS, ACT, seed=0), batch_size=8, seed=0).fit(
+        data, epochs=50, max_steps=per_epoch + 1
+    )
+    assert capped.steps == per_epoch + 1 and capped.epochs == 2  # the second epoch cut short
+    same = RewardTrainer(RewardEnsemble(OBS, ACT, seed=0), batch_size=8, seed=0).fit(data, epochs=3, max_steps=10**6)
+    assert (same.steps, same.train_loss) == (uncapped.steps, uncapped.train_loss)  # a cap not reached changes nothing

@@ -16,7 +16,7 @@ from gym_prefs.publishing import EpisodeReturns, Publisher, correlation
 from gym_prefs.segments import DEFAULT_SEGMENT_LENGTH, SegmentPool
 from gym_prefs.timings import Timings
 
-REPORT = FitReport(0.4, 0.5, 0.9, 1e-4, epochs=5, pairs=10)
+REPORT = FitReport(0.4, 0.5, 0.9, 1e-4, epochs=5, pairs=10, steps=7)
 
 
 class RecordingLogger(Logger):
@@ -91,6 +91,7 @@ def test_logs_hold_the_fit_and_how_r_hat_follows_the_true_reward():
     publisher.publish(fitted_state(model, seed=1), REPORT, algo=None)
     publisher.log(logger, pool, verbose=0)
     assert logger.records["reward_model/accuracy"] == 0.9 and logger.records["reward_model/fits"] == 1
+    assert logger.records["reward_model/fit_steps"] == REPORT.steps
     assert np.isnan(logger.records["reward_model/true_reward_corr"])  # no steps in the pool yet
     assert correlation(np.arange(5.0), 2 * np.arange(5.0)) == pytest.approx(1.0)
 
