@@ -6,7 +6,10 @@ import os
 import signal
 import sys
 
-__all__ = ["ended_how", "process_alive", "signal_name"]
+__all__ = ["EXIT_WITH_CHECK", "OwnerProcess", "ended_how", "process_alive", "signal_name"]
+
+#: Seconds between checks, in a program started with ``--exit-with PID``, that PID still lives.
+EXIT_WITH_CHECK = 0.5
 
 
 def signal_name(returncode: int) -> str:
@@ -67,3 +70,26 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return True  # no /proc (macOS): os.kill found it
     return state not in (b"Z", b"X")
+
+
+class OwnerProcess:
+    """The process a program of the library lives for (its ``--exit-with PID``), and whether it still runs.
+
+    The owner is usually the program's parent (the training run that started the labelling
+    window or server). Once the parent dies the program is handed to another parent, which
+    tells at once, also where ``os.kill`` still sees a dead, unreaped process (macOS).
+
+    Example:
+        >>> OwnerProcess(os.getpid()).alive()
+        True
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._is_parent = pid == os.getppid()
+
+    def alive(self) -> bool:
+        """Whether the owner still runs."""
+        if self._is_parent and os.getppid() != self.pid:
+            return False
+        return process_alive(self.pid)

@@ -18,6 +18,7 @@ from gym_prefs.comparisons import Comparisons
 from gym_prefs.config import PreferenceConfig
 from gym_prefs.env_link import RewardWrappers, env_id, link_reward_wrappers, segment_length_from_dt
 from gym_prefs.fitters import Fitter, make_fitter
+from gym_prefs.label_desk import LABELS_PER_QUERY
 from gym_prefs.labelling import LabellingSide
 from gym_prefs.publishing import Publisher
 from gym_prefs.reward_model import RewardEnsemble
@@ -153,7 +154,7 @@ class RunParts:
         store = open_run_store(store_spec, default_store_path(logger, name), obs_space, act_space, segment_length, name)
         if len(store):
             comparisons.add_labelled(store.labelled_pairs(last=config.max_comparisons))
-        store.set_meta("labels_per_query", str(config.labels_per_query))
+        store.set_meta(LABELS_PER_QUERY, str(config.labels_per_query))
         trainer_kwargs = {"lr": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed}
         fitter = make_fitter(
             config.fitting, model, trainer_kwargs, segment_length, config.max_comparisons, timings, store.path

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from gym_prefs.clips import ClipInfo, ClipRenderer
 from gym_prefs.label_desk import DeskError, LabelDesk
-from gym_prefs.processes import process_alive
+from gym_prefs.processes import EXIT_WITH_CHECK, OwnerProcess
 from gym_prefs.records import Label
 from gym_prefs.store import PreferenceStore
 from gym_prefs.store_errors import StoreError
@@ -41,8 +41,6 @@ from gym_prefs.viewer_feed import PREFETCH, Pair, PairFeed
 __all__ = ["KEY_LABELS", "Viewer", "main"]
 
 SPEEDS = (0.25, 0.5, 1.0)
-#: Seconds between checks that the process named by ``exit_with`` still lives.
-EXIT_WITH_CHECK = 0.5
 #: Seconds between reads of the store's counts shown in the window (and after every answer).
 COUNTS_REFRESH = 0.5
 #: How many of the latest latencies and frame times the viewer keeps (it may run for hours).
@@ -143,9 +141,7 @@ class Viewer:
         self.labeler = labeler
         self.exit_when_done = exit_when_done
         self.exit_with = exit_with
-        # The process that opened the window is usually its parent: once that dies, the window
-        # is handed to another parent, which also works where os.kill sees zombies (macOS).
-        self._exit_with_is_parent = exit_with is not None and exit_with == os.getppid()
+        self._owner = None if exit_with is None else OwnerProcess(exit_with)
         self._next_exit_check = time.monotonic()
         budget = self.store.get_meta("total_labels")
         self.budget = int(budget) if budget else None
@@ -270,9 +266,9 @@ class Viewer:
         self.draw()
         if self.exit_when_done and self.current is None and self.progress.pending == 0:
             self.open = False
-        if self.exit_with is not None and time.monotonic() >= self._next_exit_check:
+        if self._owner is not None and time.monotonic() >= self._next_exit_check:
             self._next_exit_check = time.monotonic() + EXIT_WITH_CHECK
-            if not self._exit_with_alive():
+            if not self._owner.alive():
                 print(
                     f"gym-prefs label: process {self.exit_with} (--exit-with) has ended, so the window closes. "
                     f"Every answer given is stored; `gym-prefs label {self.store.path}` labels on.",
@@ -280,12 +276,6 @@ class Viewer:
                     flush=True,
                 )
                 self.open = False
-
-    def _exit_with_alive(self) -> bool:
-        assert self.exit_with is not None
-        if self._exit_with_is_parent and os.getppid() != self.exit_with:
-            return False
-        return process_alive(self.exit_with)
 
     def run(self) -> None:
         """Show pairs until the window is closed (every answer given is already stored)."""

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from web_helpers import TOKEN, chromium, make_store, serving, start_labelling
+from web_helpers import TOKEN, chromium, leased_ids, make_store, serving, start_labelling
 
 from gym_prefs import PreferenceStore
 
@@ -77,14 +77,6 @@ TRAINING = textwrap.dedent(
 )
 
 
-def _note_lease(response, leases: list[int]) -> None:
-    """Keep the query id of every pair ``/api/next`` leased to a page."""
-    if "/api/next" in response.url and response.ok:
-        data = response.json()
-        if "query_id" in data:
-            leases.append(data["query_id"])
-
-
 def test_a_person_teaches_a_training_run_from_the_browser(tmp_path):
     store = tmp_path / "preferences.db"
     env = dict(os.environ, SDL_VIDEODRIVER="dummy")
@@ -97,16 +89,13 @@ def test_a_person_teaches_a_training_run_from_the_browser(tmp_path):
         url = next((m.group(1) for line in training.stdout if (m := re.search(r"label at (\S+)", line))), None)
         assert url is not None and url.endswith(f"?token={TOKEN}")
         given: list[dict] = []  # every answer a page sent
-        leased: dict[str, list[int]] = {"ann": [], "bob": []}
+        leased: dict[str, list[int]] = {}
         pages = {}
         for name in ("ann", "bob"):  # two people, two browser contexts
             page = browser.new_context().new_page()
             page.on("request", lambda r: r.url.endswith("/api/answer") and given.append(json.loads(r.post_data)))
-            page.on("response", lambda response, name=name: _note_lease(response, leased[name]))
-            page.goto(url)
-            page.fill("#person", name)
-            page.click("#who button")
-            page.wait_for_function("document.getElementById('pair').hidden === false", timeout=60000)
+            leased[name] = leased_ids(page)
+            start_labelling(page, url, name, timeout=60000)
             pages[name] = page
         assert leased["ann"] and leased["bob"] and not set(leased["ann"]) & set(leased["bob"])  # different pairs
         pages["bob"].keyboard.press("ArrowDown")  # can't tell: stored, never trained on

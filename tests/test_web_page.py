@@ -7,7 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from web_helpers import HEIGHT, WIDTH, chromium, make_mujoco_store, make_store, random_pairs, serving, start_labelling
+from web_helpers import (
+    HEIGHT,
+    WIDTH,
+    chromium,
+    leased_ids,
+    make_mujoco_store,
+    make_store,
+    random_pairs,
+    serving,
+    sign_in,
+    start_labelling,
+)
 
 from gym_prefs import PreferenceStore
 
@@ -46,18 +57,6 @@ def stored(path):
         return [(answer.query_id, answer.label) for answer in store.answers()]
 
 
-def leased_ids(page):
-    """Query ids the server leases to ``page`` (from /api/next responses)."""
-    ids = []
-
-    def note(response):
-        if response.url.endswith("/api/next") and response.ok and "query_id" in response.json():
-            ids.append(response.json()["query_id"])
-
-    page.on("response", note)
-    return ids
-
-
 def test_a_key_pressed_while_the_next_pair_loads_answers_nothing(tmp_path, new_page):
     path = tmp_path / "preferences.db"
     ids, _ = make_store(path)
@@ -93,9 +92,7 @@ def test_the_page_waits_for_queries_and_shows_them_without_a_reload(tmp_path, ne
     make_store(path, queries=0)
     with serving(path) as url:
         page = new_page()
-        page.goto(url)
-        page.fill("#person", "ann")
-        page.click("#who button")
+        sign_in(page, url)
         page.wait_for_function("document.getElementById('message').textContent.startsWith('Waiting')")
         assert page.evaluate("document.getElementById('pair').hidden")
         with PreferenceStore(path) as store:  # the training run asks for labels

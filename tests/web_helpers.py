@@ -115,9 +115,26 @@ def chromium():
         manager.stop()
 
 
-def start_labelling(page, url, person="ann"):
-    """Open the page as ``person`` and wait for the first pair."""
+def leased_ids(page):
+    """Query ids the server leases to ``page`` (from /api/next responses)."""
+    ids = []
+
+    def note(response):
+        if response.url.endswith("/api/next") and response.ok and "query_id" in response.json():
+            ids.append(response.json()["query_id"])
+
+    page.on("response", note)
+    return ids
+
+
+def sign_in(page, url, person="ann"):
+    """Open the page and give ``person``'s name (the page then asks for its first pair)."""
     page.goto(url)
     page.fill("#person", person)
     page.click("#who button")
-    page.wait_for_function("document.getElementById('pair').hidden === false", timeout=30000)
+
+
+def start_labelling(page, url, person="ann", timeout=30000):
+    """Open the page as ``person`` and wait up to ``timeout`` ms for the first pair."""
+    sign_in(page, url, person)
+    page.wait_for_function("document.getElementById('pair').hidden === false", timeout=timeout)

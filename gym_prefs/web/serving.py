@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from gym_prefs.processes import process_alive
+from gym_prefs.processes import EXIT_WITH_CHECK, OwnerProcess
 from gym_prefs.store_errors import StoreError
 
 __all__ = [
@@ -39,8 +39,6 @@ DEFAULT_PORT = 8765
 DEFAULT_LEASE_SECONDS = 60.0
 #: The shortest lease accepted: a page renews every third of it.
 MIN_LEASE_SECONDS = 3.0
-#: Seconds between checks that the process named by ``exit_with`` still lives.
-EXIT_WITH_CHECK = 0.5
 #: How ``python -m gym_prefs.web`` calls itself in its usage line.
 PROGRAM = "python -m gym_prefs.web"
 _LOCAL = ("127.0.0.1", "localhost", "::1")
@@ -77,11 +75,9 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def _watch(pid: int, stop: Callable[[], None], halt: threading.Event) -> None:
     """Call ``stop`` once process ``pid`` has ended (checked every :data:`EXIT_WITH_CHECK` s)."""
-    # The process that started the server is usually its parent: once that dies, the server is
-    # handed to another parent, which also works where os.kill sees zombies (macOS).
-    is_parent = pid == os.getppid()
+    owner = OwnerProcess(pid)
     while not halt.wait(EXIT_WITH_CHECK):
-        if (is_parent and os.getppid() != pid) or not process_alive(pid):
+        if not owner.alive():
             print(
                 f"gym_prefs: process {pid} (--exit-with) has ended, so the labelling server stops. "
                 "Every answer given is stored.",
