@@ -37,6 +37,7 @@ def run(
     subproc: bool = False,
     per_env: bool = False,
     overrides: dict[str, Any] | None = None,
+    ale_vector: bool = False,
 ) -> dict:
     """One timed ``model.learn``: plain SB3, or with gym_prefs when ``preferences``.
 
@@ -44,7 +45,7 @@ def run(
     """
     config = None
     if env_id.startswith("ALE/"):
-        venv, model, config = _atari(env_id, n_envs, seed, preferences, labels, subproc)
+        venv, model, config = _atari(env_id, n_envs, seed, preferences, labels, subproc, ale_vector)
     else:
         vec_cls = SubprocVecEnv if subproc else None
         wrapper = gym_prefs.LearnedReward if (preferences and per_env) else None
@@ -72,7 +73,7 @@ def run(
 
 
 def _atari(
-    env_id: str, n_envs: int, seed: int, preferences: bool, labels: int, subproc: bool
+    env_id: str, n_envs: int, seed: int, preferences: bool, labels: int, subproc: bool, ale_vector: bool
 ) -> tuple[Any, OnPolicyAlgorithm, gym_prefs.PreferenceConfig]:
     """The Atari preset (A2C, CnnPolicy); plain SB3 gets the same env pipeline without the reward wrapper."""
     from stable_baselines3 import A2C
@@ -82,7 +83,9 @@ def _atari(
 
     preset = atari_preset(env_id, total_labels=labels)
     vec_cls = SubprocVecEnv if subproc else None
-    venv = make_atari_env(env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, learned_reward=preferences)
+    venv = make_atari_env(
+        env_id, n_envs=n_envs, seed=seed, vec_env_cls=vec_cls, learned_reward=preferences, ale_vector=ale_vector
+    )
     model = A2C("CnnPolicy", venv, seed=seed, **preset.algo_kwargs)
     return venv, model, preset.config
 
@@ -113,6 +116,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--subproc", action="store_true", help="SubprocVecEnv instead of DummyVecEnv")
     parser.add_argument("--per-env", action="store_true", help="LearnedReward per env instead of VecLearnedReward")
+    parser.add_argument("--ale-vector", action="store_true", help="Atari: ale-py's vectorised env (C++ threads)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--fitting", choices=("process", "thread", "inline"), default="process")
     parser.add_argument("--initial-fit-epochs", type=int, default=None, help="epochs of the fit before RL")
@@ -145,6 +149,7 @@ def main() -> None:
                     args.subproc,
                     args.per_env,
                     overrides,
+                    args.ale_vector,
                 )
             )
         plain_s, prefs_s = plain[-1]["seconds"], prefs[-1]["seconds"]

@@ -3,7 +3,9 @@
 MuJoCo: HalfCheetah-v5 observations (17) and actions (6), 30-step segments, from a random
 policy. Atari: Pong, 84x84 grey frames stacked by 4 (uint8), 25-step segments, from a random
 policy. Labels are added in batches of ``--batch`` pairs (one transaction for the queries, one
-for the answers), as the callback does.
+for the answers), as the callback does. The newest ``--load-last`` are then read back into the
+labelled data fitting holds, as a run does when it restarts on the store (how much memory their
+observations take there is reported too).
 
     python benchmarks/store.py --kind mujoco --labels 100000
     python benchmarks/store.py --kind atari --labels 3000
@@ -21,6 +23,7 @@ import numpy as np
 from common import report
 
 from gym_prefs import Answer, PreferenceStore, SegmentPairs
+from gym_prefs.comparisons import Comparisons
 
 
 def mujoco_steps(count: int, rng: np.random.Generator) -> tuple[gym.Space, gym.Space, int, np.ndarray, np.ndarray]:
@@ -107,6 +110,12 @@ def main() -> None:
     start = time.perf_counter()
     count = len(store)
     len_seconds = time.perf_counter() - start
+    # What fitting holds of the newest labels, read a chunk at a time as a run does at a restart.
+    start = time.perf_counter()
+    held = Comparisons(obs_space, act_space, length)
+    for part in store.labelled_pair_chunks(last=args.load_last):
+        held.add_labelled(part)
+    held_seconds = time.perf_counter() - start
     result = {
         "kind": args.kind,
         "labels": count,
@@ -117,6 +126,11 @@ def main() -> None:
         "load_last_pairs_per_s": len(last) / load_last_seconds,
         "load_all_pairs_per_s": (every / load_all_seconds) if every else None,
         "len_seconds": len_seconds,
+        "held_pairs": len(held),
+        "held_obs_mb": held.stored_obs.nbytes / 2**20,
+        "held_as_frames": held.stack is not None,
+        "stacked_obs_mb": held.obs.size * held.obs.itemsize / 2**20,
+        "held_load_pairs_per_s": len(held) / held_seconds,
         "file_mb": size / 2**20,
     }
     report(result, args.json)

@@ -8,7 +8,8 @@ Logged through SB3's logger: ``preferences/labels`` (trained-on labels),
 ``preferences/queries``, ``preferences/pending``, ``preferences/skipped``,
 ``reward_model/train_loss``, ``reward_model/val_loss``, ``reward_model/accuracy``,
 ``reward_model/l2``, ``reward_model/true_reward_corr`` (Pearson correlation of r̂ with the
-true reward on recent steps), ``reward_model/fits``, and the episode returns side by side:
+true reward on recent steps; see :func:`gym_prefs.publishing.true_reward_correlation`),
+``reward_model/fits``, ``reward_model/fit_steps``, and the episode returns side by side:
 ``rollout/ep_true_rew_mean`` and ``rollout/ep_learned_rew_mean``. SB3's own
 ``rollout/ep_rew_mean`` is made to show the **true** return too, wherever ``Monitor`` sits.
 """
@@ -227,9 +228,10 @@ class PreferenceCallback(BaseCallback):
             self._ask(due)
         self.parts.labelling.collect(timeout=0.0)
         # The fit started at the previous update has run beside the last rollout(s): apply it
-        # now, always here (waiting for it if need be), so that runs stay reproducible.
-        self._apply_fit()
-        if self.parts.labels_since_fit:
+        # now, waiting for it if need be, so that runs stay reproducible; or, without
+        # wait_for_fits, only if it has ended (else it goes on, and RL with it).
+        self._apply_fit(wait=self.config.wait_for_fits)
+        if self.parts.labels_since_fit and not self.parts.fitter.busy:
             self.parts.start_fit(*self.config.fit_length(initial=False))
         self._log_counts()
 
@@ -239,9 +241,9 @@ class PreferenceCallback(BaseCallback):
         if pairs is not None:
             self.parts.labelling.ask(pairs, timestep=self.num_timesteps)
 
-    def _apply_fit(self) -> None:
-        """Wait for the running fit, if any, and put its model to use."""
-        if self.parts.apply_fit(self.model, self.logger, self.verbose, self.timings):
+    def _apply_fit(self, wait: bool = True) -> None:
+        """Put the running fit's model to use, waiting for it unless ``wait`` is false."""
+        if self.parts.apply_fit(self.model, self.logger, self.verbose, self.timings, wait):
             self._log_counts()
 
     def _log_counts(self) -> None:

@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from gym_prefs.frame_stacks import FrameStack, find_stack
 from gym_prefs.records import LabelledPairs, SegmentPairs
-from gym_prefs.spaces import shape_of
+from gym_prefs.spaces import is_image, shape_of
 
 __all__ = ["Comparisons"]
 
@@ -27,6 +28,12 @@ class Comparisons:
     Rows are never changed once written (dropping old rows moves a start offset; growing
     copies to new arrays), so arrays read by a fit running in another thread stay valid while
     labels are added.
+
+    Stacked image frames are kept once each: when the segments of image observations slide by
+    one frame a step (a frame-stacking wrapper's), they are stored as their frames
+    (:mod:`gym_prefs.frame_stacks`) and :attr:`obs` re-stacks them as a view. 3,000 Atari pairs
+    of 25 steps of 4 frames take 1.2 GB instead of 4.2 GB. Pairs that do not slide turn the
+    storage back to whole observations, so nothing is ever stored inexactly.
 
     Args:
         observation_space: the env's observation space.
@@ -51,6 +58,10 @@ class Comparisons:
     ) -> None:
         self.segment_length = segment_length
         self.max_size = max_size
+        self._obs_ndim = len(shape_of(observation_space))
+        # Only images are worth storing as frames; whether they slide is seen at the first pairs.
+        self._stack_undecided = is_image(observation_space)
+        self._stack: FrameStack | None = None
         self._obs = np.empty((0, 2, segment_length, *shape_of(observation_space)), dtype=observation_space.dtype)
         self._actions = np.empty((0, 2, segment_length, *shape_of(action_space)), dtype=action_space.dtype)
         self._mu = np.empty(0, dtype=np.float32)
@@ -69,6 +80,18 @@ class Comparisons:
 
     @property
     def obs(self) -> np.ndarray:
+        """``[pairs, 2, length, *obs_shape]`` (a read-only view when stored as frames)."""
+        stored = self.stored_obs
+        return stored if self._stack is None else self._stack.restack(stored, self._obs_ndim)
+
+    @property
+    def stack(self) -> FrameStack | None:
+        """How the observations stack frames, when they are stored as frames (else ``None``)."""
+        return self._stack
+
+    @property
+    def stored_obs(self) -> np.ndarray:
+        """The observations as held: ``[pairs, 2, length + depth - 1, *frame]`` frames under :attr:`stack`."""
         return self._obs[self._start : self._end]
 
     @property
@@ -92,9 +115,18 @@ class Comparisons:
         if ids is None:
             ids = np.arange(self._next_id, self._next_id + count)
         self._next_id = max(self._next_id, int(np.max(ids, initial=-1)) + 1)
+        if count and self._stack_undecided:
+            self._stack_undecided = False
+            self._stack = find_stack(obs, self._obs_ndim)
+            if self._stack is not None:
+                self._obs = self._stack.unstack(self._obs, self._obs_ndim)  # no rows yet: the frames' shape
+        elif count and self._stack is not None and not self._stack.slides(obs, self._obs_ndim):
+            # Observations that do not slide cannot be kept as frames: back to whole ones, for good.
+            self._obs = np.ascontiguousarray(self._stack.restack(self._obs, self._obs_ndim))
+            self._stack = None
         self._reserve(count)
         end = self._end + count
-        self._obs[self._end : end] = obs
+        self._obs[self._end : end] = obs if self._stack is None else self._stack.unstack(obs, self._obs_ndim)
         self._actions[self._end : end] = actions
         self._mu[self._end : end] = mu
         self._ids[self._end : end] = ids
@@ -111,7 +143,10 @@ class Comparisons:
         if self._end + count <= len(self._mu):
             return
         live = len(self)
-        capacity = max(live + count, 2 * live, 64)
+        doubled = max(2 * live, 64)
+        if self.max_size is not None:  # rows past the newest max_size are dropped: never hold twice that
+            doubled = min(doubled, 2 * self.max_size)
+        capacity = max(live + count, doubled)
         self._obs = _moved(self._obs, self._start, self._end, capacity)
         self._actions = _moved(self._actions, self._start, self._end, capacity)
         self._mu = _moved(self._mu, self._start, self._end, capacity)
@@ -125,12 +160,12 @@ class Comparisons:
         put when the current policy narrows down (normalising on recent steps alone would blow
         up the scale of a policy that barely varies, and lock it in).
         """
-        obs = self.obs.reshape(-1, *self._obs.shape[3:])
-        actions = self.actions.reshape(-1, *self._actions.shape[3:])
-        if len(obs) > count:
-            rows = rng.choice(len(obs), size=count, replace=False)
-            obs, actions = obs[rows], actions[rows]
-        return obs, actions
+        lead = self.actions.shape[:3]
+        total = int(np.prod(lead))
+        # Steps are picked before they are gathered: the observations may be a view of frames.
+        steps = rng.choice(total, size=count, replace=False) if total > count else np.arange(total)
+        where = np.unravel_index(steps, lead)
+        return self.obs[where], self.actions[where]
 
     def validation_mask(self, fraction: float) -> np.ndarray:
         """Rows in the validation split (about ``fraction`` of them, fixed per id)."""

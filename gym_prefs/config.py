@@ -46,6 +46,13 @@ class PreferenceConfig:
             wrappers' model.
         pool_size: most recent steps (over all envs) that segments are cut from.
         pool_bytes: memory cap of that pool; image observations get fewer steps.
+        recorded_scores: score candidate pairs for ``"disagreement"`` and measure
+            ``reward_model/true_reward_corr`` with the rewards every ensemble member gave the
+            steps when they were taken (the wrappers keep them), instead of running the networks
+            over the candidates again. Those rewards come from the model in use at that step,
+            one or a few fits older than the newest. ``None``: on for image observations, where a
+            fresh pass over ten times the pairs asked costs seconds to minutes on a CPU; off for
+            vectors, where it costs milliseconds.
         max_comparisons: fit on the newest this many labels only (``None``: all; the
             paper's Atari setting: 3,000).
         initial_steps: steps of the initial policy to run before RL (``None``: enough for the
@@ -55,9 +62,15 @@ class PreferenceConfig:
             process while the next rollout runs, as in the paper, where fitting and RL run
             side by side; ``"thread"``: in a background thread (shares the interpreter lock
             with RL); ``"inline"``: in place, RL waits. In the background modes the fit started
-            at one update is always applied at the next, so seeded runs are reproducible and
-            all three modes give the same models; the agent's reward lags the newest labels by
-            one update.
+            at one update is applied at the next (see ``wait_for_fits``), so seeded runs are
+            reproducible and all three modes give the same models; the agent's reward lags the
+            newest labels by one update.
+        wait_for_fits: at each update, wait for the fit started at the previous one and apply
+            it, so that a seeded run is reproducible. ``False``: a fit that has not ended yet
+            goes on beside RL and is applied at the first update after it ends, so RL never
+            waits for a fit (fitting and RL run asynchronously, as in the paper); the Atari
+            preset does so without a GPU, where a fit takes longer than the rollouts between
+            two updates. The fit before RL and the one at the end are always waited for.
         initial_label_timeout: seconds to wait for the labels asked before RL starts before
             giving up with ``TimeoutError`` (every answer so far stays in the store, and a
             restart goes on from there); ``None`` waits as long as it takes (a person may take
@@ -94,10 +107,12 @@ class PreferenceConfig:
     reward_model: Any = None
     pool_size: int = 50_000
     pool_bytes: int = 512 * 2**20
+    recorded_scores: bool | None = None
     max_comparisons: int | None = None
     initial_steps: int | None = None
     relabel_replay_buffer: bool = True
     fitting: str = "process"
+    wait_for_fits: bool = True
     initial_label_timeout: float | None = None
     seed: int | None = None
     labels_per_query: int = 1

@@ -27,6 +27,7 @@ import torch
 
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.fitting import FitReport, RewardTrainer
+from gym_prefs.frame_stacks import FrameStack
 from gym_prefs.records import SegmentPairs
 from gym_prefs.reward_model import RewardEnsemble
 
@@ -59,11 +60,17 @@ END = object()
 class NewLabels:
     """Labelled pairs the worker has not been sent yet: rows of a :class:`~gym_prefs.Comparisons`.
 
+    Observations travel as the :class:`~gym_prefs.Comparisons` holds them: stacked image
+    frames once each (under ``stack``), so that sending every label to a new worker never needs
+    a whole stacked copy of them in memory.
+
     Attributes:
-        obs: ``[n, 2, length, *obs_shape]``.
+        obs: ``[n, 2, length, *obs_shape]``, or the frames ``[n, 2, length + depth - 1, *frame]``
+            under ``stack``.
         actions: ``[n, 2, length, *action_shape]``.
         mu: probability that the first segment is preferred, ``[n]``.
         ids: the rows' ids, ``[n]``.
+        stack: how ``obs`` stacks frames, when it holds frames (else ``None``).
 
     Example:
         >>> from gymnasium import spaces
@@ -82,6 +89,7 @@ class NewLabels:
     actions: np.ndarray
     mu: np.ndarray
     ids: np.ndarray
+    stack: FrameStack | None = None
 
     def __len__(self) -> int:
         return len(self.mu)
@@ -90,7 +98,7 @@ class NewLabels:
     def since(cls, data: Comparisons, first_id: int) -> NewLabels:
         """The rows of ``data`` whose id is ``first_id`` or more."""
         new = data.ids >= first_id
-        return cls(data.obs[new], data.actions[new], data.mu[new], data.ids[new])
+        return cls(data.stored_obs[new], data.actions[new], data.mu[new], data.ids[new], data.stack)
 
     @property
     def next_id(self) -> int:
@@ -100,7 +108,8 @@ class NewLabels:
     def add_to(self, data: Comparisons) -> None:
         """Append these rows to ``data``, ids kept."""
         if len(self):
-            data.add(SegmentPairs(self.obs, self.actions), self.mu, self.ids)
+            obs = self.obs if self.stack is None else self.stack.restack(self.obs, obs_ndim=self.obs.ndim - 2)
+            data.add(SegmentPairs(obs, self.actions), self.mu, self.ids)
 
 
 # Messages to the worker.
@@ -272,6 +281,11 @@ class ReplyReader:
             pass  # the worker exited (or the parent closed the pipe)
         finally:
             self._inbox.put(END)
+
+    @property
+    def waiting(self) -> int:
+        """Messages read and not taken yet (``END`` included)."""
+        return self._inbox.qsize()
 
     def get(self, timeout: float) -> object | None:
         """The next message; ``END`` once the pipe has ended; ``None`` if none came in time."""

@@ -187,6 +187,11 @@ class FitWorker:
         self._outbox.put(Fit(self._new_labels(data), epochs, max_steps))
         self._busy = True
 
+    @property
+    def ready(self) -> bool:
+        """Whether a fit is running and :meth:`result` would not wait: its reply came, or the worker is gone."""
+        return self._busy and (self._replies.waiting > self._unacknowledged or not self.alive)
+
     def result(self) -> tuple[dict[str, Any], FitReport]:
         """Wait for the running fit; return the fitted state dict and the report.
 

@@ -58,6 +58,11 @@ class Fitter(Protocol):
         ...
 
     @property
+    def ready(self) -> bool:
+        """Whether a fit is running and :meth:`finish` would not wait for it (it has ended, or runs in place)."""
+        ...
+
+    @property
     def seconds(self) -> float:
         """Time spent fitting so far, wherever it ran."""
         ...

@@ -73,6 +73,10 @@ class InlineFitter:
         return self._job is not None
 
     @property
+    def ready(self) -> bool:
+        return self.busy  # the fit runs in finish(), in place
+
+    @property
     def seconds(self) -> float:
         return self.trainer.seconds
 
@@ -130,6 +134,10 @@ class ThreadFitter:
     @property
     def busy(self) -> bool:
         return self._future is not None
+
+    @property
+    def ready(self) -> bool:
+        return self._future is not None and self._future.done()
 
     @property
     def seconds(self) -> float:

@@ -190,8 +190,10 @@ class RewardTrainer:
         n = self.model.n_members
         losses = torch.zeros(n, device=self.model.device)
         correct = clear = 0
-        for start in range(0, len(rows), 256):
-            chunk = rows[start : start + 256]
+        # Pairs per forward pass within the inference memory budget (a few for images, 256 at most).
+        per_chunk = min(256, max(1, self.model.inference_batch_rows // (2 * data.segment_length)))
+        for start in range(0, len(rows), per_chunk):
+            chunk = rows[start : start + per_chunk]
             obs_t, act_t = self.model.preprocess(data.obs[chunk], data.actions[chunk])
             count, length = obs_t.shape[0], obs_t.shape[2]
             raw = self.model.raw_members(obs_t.flatten(0, 2), act_t.flatten(0, 2))
@@ -210,7 +212,10 @@ class RewardTrainer:
         """Train every member for ``epochs`` passes over its bootstrap sample of ``data``.
 
         ``max_steps`` caps the gradient steps (minibatches) of the whole fit, so that its cost
-        does not grow with the labels: the fit ends early, mid-epoch if need be.
+        does not grow with the labels: the fit ends early, mid-epoch if need be. A capped fit also
+        measures its validation loss (which steers the L2 coefficient) and accuracy on a random
+        sample of at most as many validation pairs as its steps train on (``max_steps`` x
+        ``batch_size``), drawn once per fit.
 
         The fitted ensemble is then normalised (:meth:`RewardEnsemble.calibrate`) on up to
         ``CALIBRATION_STEPS`` labelled steps (``CALIBRATION_FRAMES`` for image observations),
@@ -233,6 +238,11 @@ class RewardTrainer:
         val_rows = np.flatnonzero(val_mask)
         if len(train_rows) == 0:
             train_rows, val_rows = val_rows, train_rows
+        if max_steps is not None and len(val_rows) > max_steps * self.batch_size:
+            # On images one validation pass would cost more than the capped fit itself.
+            val_rows = np.sort(self.rng.choice(val_rows, size=max_steps * self.batch_size, replace=False))
+        val_loss: np.ndarray | None = None
+        accuracy = float("nan")
         # One bootstrap sample of the training pairs per member.
         boot = train_rows[self.rng.integers(0, len(train_rows), size=(n, len(train_rows)))]
         batch = min(self.batch_size, len(train_rows))
@@ -263,16 +273,16 @@ class RewardTrainer:
                 epoch_loss += loss.detach()
             train_loss = (epoch_loss / batches).cpu().numpy()
             if len(val_rows):
-                val_loss, _ = self.evaluate(data, val_rows)
+                val_loss, accuracy = self.evaluate(data, val_rows)
                 self._adapt_l2(val_loss / np.maximum(train_loss, 1e-8))
         model.fitted.fill_(True)
         model.eval()
         # Normalise on labelled steps drawn from the whole run (see Comparisons.sample_steps).
         steps = CALIBRATION_FRAMES if model.image_obs else CALIBRATION_STEPS
         model.calibrate(*data.sample_steps(steps, self.rng))
-        if len(val_rows):
-            val_loss, accuracy = self.evaluate(data, val_rows)
-        else:
+        # The last epoch's validation pass already measured the fitted networks (calibration only
+        # rescales their outputs after it, which the preference loss does not read).
+        if val_loss is None:
             val_loss, accuracy = np.full(n, np.nan), self.evaluate(data, train_rows)[1]
         return FitReport(
             train_loss=float(np.mean(train_loss)),

@@ -68,6 +68,10 @@ class FoldedMlp:
             obs: observations ``[count, *observation shape]``, as the environment gives them.
             act: actions ``[count, *action shape]`` (read only if the model uses actions).
         """
+        return self.predict_members(obs, act).mean(axis=0)
+
+    def predict_members(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        """Every member's normalised reward, ``[members, count]`` float32 (arguments as :meth:`predict`)."""
         key = tuple(t._version for t in self._sources)
         if key != self._key:
             self._layers, self._key = self._fold(), key
@@ -80,8 +84,8 @@ class FoldedMlp:
         for weight, bias in hidden:
             h = np.matmul(h, weight) + bias
             h = np.maximum(h, LEAKY_SLOPE * h)  # leaky ReLU (slope < 1)
-        rewards = (np.matmul(h, out_weight) + out_bias).mean(axis=0)
-        return rewards.reshape(-1).astype(np.float32, copy=False)
+        rewards = np.matmul(h, out_weight) + out_bias  # [members, batch, 1]
+        return rewards[..., 0].astype(np.float32, copy=False)
 
     @torch.inference_mode()
     def _fold(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -239,16 +239,18 @@ def atari_preset(env_id: str, total_labels: int = 5500, paper: bool | None = Non
     else:
         notes.append(f"no score area is known for {game}: the reward model may read the score")
     initial = min(total_labels, 500)
-    if paper is None:
-        import torch
+    import torch
 
-        paper = torch.cuda.is_available()
+    cuda = torch.cuda.is_available()
+    if paper is None:
+        paper = cuda
     initial_fit_steps, fit_steps = (None, None) if paper else ATARI_CPU_FIT_STEPS
     if not paper:
         notes.append(
             f"no GPU: the reward model's first fit is cut to {initial_fit_steps} gradient steps and each refit "
             f"to {fit_steps} (the paper's 200 epochs would take hours on a CPU; --paper to fit that long anyway)"
         )
+        notes.append("no GPU: RL does not wait for refits; each is applied at the first update after it ends")
     return Preset(
         name="atari",
         algo="a2c",
@@ -260,10 +262,19 @@ def atari_preset(env_id: str, total_labels: int = 5500, paper: bool | None = Non
             initial_fit_epochs=200,
             initial_fit_steps=initial_fit_steps,
             fit_steps=fit_steps,
+            # On a CPU a refit takes longer than the rollouts between two updates: RL goes on.
+            wait_for_fits=bool(paper),
             max_comparisons=3000,
             # 16 pairs of 2 x 25 stacked frames per member keep a fit step near 250 MB.
             batch_size=16,
-            reward_model={"n_members": 3, "reward_std": 0.05, "dropout": 0.5, "image_mask_rows": mask_rows_for(game)},
+            reward_model={
+                "n_members": 3,
+                "reward_std": 0.05,
+                "dropout": 0.5,
+                "image_mask_rows": mask_rows_for(game),
+                # Inference beside RL and the fits in the worker: on the GPU when there is one.
+                "device": "cuda" if cuda else "cpu",
+            },
         ),
         notes=notes,
         policy="CnnPolicy",

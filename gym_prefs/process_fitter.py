@@ -106,6 +106,11 @@ class ProcessFitter:
         return self._job is not None
 
     @property
+    def ready(self) -> bool:
+        # The first fit runs in finish(), in this process, while the worker starts.
+        return self.busy and (self._trainer is not None or self._worker.ready)
+
+    @property
     def seconds(self) -> float:
         return self._trainer.seconds if self._trainer is not None else self._worker.seconds
 

@@ -21,7 +21,7 @@ from gym_prefs.segments import SegmentPool
 from gym_prefs.timings import Timings
 from gym_prefs.wrappers import EPISODE_RETURNS_KEY, LEARNED_RETURN_KEY, TRUE_RETURN_KEY
 
-__all__ = ["CORRELATION_STEPS", "EpisodeReturns", "Publisher", "correlation"]
+__all__ = ["CORRELATION_STEPS", "EpisodeReturns", "Publisher", "correlation", "true_reward_correlation"]
 
 #: Recent steps on which ``reward_model/true_reward_corr`` is measured after each fit.
 CORRELATION_STEPS = 2_048
@@ -97,12 +97,7 @@ class Publisher:
         if report is None:
             return
         with self.timings.measure("logging"):
-            recent = pool.recent(CORRELATION_STEPS)
-            corr = (
-                correlation(self.model.predict(recent["obs"], recent["actions"]), recent["true_rewards"])
-                if len(recent["obs"])
-                else float("nan")
-            )
+            corr = true_reward_correlation(self.model, pool)
         logger.record("reward_model/train_loss", report.train_loss)
         logger.record("reward_model/val_loss", report.val_loss)
         logger.record("reward_model/accuracy", report.accuracy)
@@ -111,10 +106,11 @@ class Publisher:
         logger.record("reward_model/fits", self.fits)
         logger.record("reward_model/fit_steps", report.steps)
         if verbose:
+            corr_text = "" if np.isnan(corr) else f", corr with true reward {corr:.2f}"
             print(
                 f"gym_prefs: fit {self.fits} on {report.pairs} labels ({report.steps} gradient steps): "
                 f"train loss {report.train_loss:.3f}, "
-                f"val loss {report.val_loss:.3f}, accuracy {report.accuracy:.2f}, corr with true reward {corr:.2f}"
+                f"val loss {report.val_loss:.3f}, accuracy {report.accuracy:.2f}{corr_text}"
             )
 
 
@@ -146,6 +142,23 @@ class EpisodeReturns:
         if self.true:
             logger.record("rollout/ep_true_rew_mean", safe_mean(list(self.true)))
             logger.record("rollout/ep_learned_rew_mean", safe_mean(list(self.learned)))
+
+
+def true_reward_correlation(model: RewardEnsemble, pool: SegmentPool) -> float:
+    """Correlation of r̂ with the true reward on the pool's latest :data:`CORRELATION_STEPS` steps.
+
+    A pool that records the members' rewards (``pool.members``) gives the rewards the agent was
+    paid, by the model in use when each step was taken (steps before the first fit left out);
+    any other pool is scored afresh by ``model``.
+    """
+    if pool.members:
+        recent = pool.recent(CORRELATION_STEPS, ["member_rewards", "learned_rewards", "true_rewards"])
+        scored = ~np.isnan(recent["member_rewards"]).any(axis=1)
+        return correlation(recent["learned_rewards"][scored], recent["true_rewards"][scored])
+    recent = pool.recent(CORRELATION_STEPS, ["obs", "actions", "true_rewards"])
+    if not len(recent["obs"]):
+        return float("nan")
+    return correlation(model.predict(recent["obs"], recent["actions"]), recent["true_rewards"])
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:

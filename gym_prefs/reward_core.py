@@ -154,7 +154,9 @@ class RewardCore:
     reset, :meth:`step` after they step. The core then
 
     - predicts r̂(o, a) for every env in one batched call (timed in :attr:`inference_seconds`),
-    - records each step in :attr:`recorder` (with clip data once :meth:`enable_clips` was called),
+    - records each step in :attr:`recorder`, with every ensemble member's reward of it (so that
+      query selection need not run the networks again) and clip data once :meth:`enable_clips`
+      was called,
     - writes the env's reward to ``info[TRUE_REWARD_KEY]`` and, where an episode ends (``done``,
       or an end hidden from the agent and marked by ``info[EPISODE_ENDED_KEY]``), the episode's
       returns to ``info[EPISODE_RETURNS_KEY]``; segments are never cut across an episode end,
@@ -197,7 +199,7 @@ class RewardCore:
         self._env = env
         self._check_obs = _floating(observation_space)
         self._record_steps = record_steps
-        self.recorder = self._new_recorder(None)
+        self.recorder = self._new_recorder(None, self.reward_model.n_members)
         self.clip_info: ClipInfo | None = None  # set when a person labels: clip data is recorded too
         self._capture: ClipCapture | None = None
         self._last_clips: np.ndarray | None = None
@@ -248,9 +250,9 @@ class RewardCore:
         if self._check_obs:
             _check_finite(obs, self._env)
         start = time.perf_counter()
-        learned = self.reward_model.predict(self._last_obs, actions)
+        learned, members = self.reward_model.predict_with_members(self._last_obs, actions)
         self.inference_seconds += time.perf_counter() - start
-        self.recorder.add(self._last_obs, actions, true_rewards, learned, self._last_clips)
+        self.recorder.add(self._last_obs, actions, true_rewards, learned, self._last_clips, members.T)
         if self._capture is not None:
             self._last_clips = self._capture()
         self._tally.add(true_rewards, learned)
@@ -269,6 +271,8 @@ class RewardCore:
     def set_reward_model(self, reward_model: RewardEnsemble) -> None:
         """Use ``reward_model`` from now on (called by the callback after each refit)."""
         check_model_spaces(reward_model, self.observation_space, self.action_space)
+        if reward_model.n_members != self.recorder.members:  # the recorded members' rewards change shape
+            self.recorder = self._new_recorder(self.clip_info, reward_model.n_members)
         self.reward_model = reward_model
 
     def pop_transitions(self) -> TransitionBatch:
@@ -280,15 +284,15 @@ class RewardCore:
 
         The recorder starts afresh (steps recorded so far are dropped), sized for the clip data.
         """
-        self.recorder = self._new_recorder(info)
+        self.recorder = self._new_recorder(info, self.reward_model.n_members)
         self.clip_info = info
         self._capture = capture
         self._last_clips = capture()
         return info
 
-    def _new_recorder(self, clip_info: ClipInfo | None) -> TransitionRecorder:
+    def _new_recorder(self, clip_info: ClipInfo | None, members: int) -> TransitionRecorder:
         spec = None if clip_info is None else clip_info.spec
         capacity = self._record_steps or steps_for_bytes(
-            self.observation_space, self.action_space, RECORD_BYTES // self.n_envs, spec
+            self.observation_space, self.action_space, RECORD_BYTES // self.n_envs, spec, members
         )
-        return TransitionRecorder(self.observation_space, self.action_space, self.n_envs, capacity, spec)
+        return TransitionRecorder(self.observation_space, self.action_space, self.n_envs, capacity, spec, members)

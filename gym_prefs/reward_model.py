@@ -343,6 +343,29 @@ class RewardEnsemble(_ModelFileMethods, nn.Module):
         rewards = self._predict_tensor(obs, act, batch_size).mean(dim=0)
         return rewards.cpu().numpy().reshape(lead)
 
+    def predict_with_members(self, obs: np.ndarray, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict`'s rewards ``[*lead]`` and every member's ``[n_members, *lead]``, from one pass.
+
+        The reward wrappers keep the members' rewards of every step, so that query selection
+        and logging need not run the networks again. Before the first fit the rewards are
+        zeros and the members' ``NaN`` (no member has an opinion yet).
+
+        Example:
+            >>> from gymnasium import spaces
+            >>> model = RewardEnsemble(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), seed=0)
+            >>> rewards, members = model.predict_with_members(np.zeros((5, 2)), np.zeros(5, int))
+            >>> rewards.shape, members.shape, bool(np.isnan(members).all())
+            ((5,), (3, 5), True)
+        """
+        obs, act, lead = self._inputs.flatten(obs, act)
+        if not self.is_fitted:
+            return np.zeros(lead, dtype=np.float32), np.full((self.n_members, *lead), np.nan, dtype=np.float32)
+        if self._folded.serves(len(obs)):
+            members = self._folded.predict_members(obs, act)
+        else:
+            members = self._predict_tensor(obs, act).cpu().numpy()
+        return members.mean(axis=0).reshape(lead), members.reshape(self.n_members, *lead)
+
     @torch.inference_mode()
     def calibrate(self, obs: np.ndarray, act: np.ndarray) -> None:
         """Normalise every member to mean ``reward_mean`` and std ``reward_std`` on these transitions."""

@@ -108,10 +108,11 @@ def make_pool(
     pool_size: int,
     pool_bytes: int,
     clip_spec: ClipSpec | None,
+    members: int = 0,
 ) -> SegmentPool:
     """The pool segments are cut from: ``pool_size`` steps in all, within ``pool_bytes``."""
-    capacity = min(pool_size, steps_for_bytes(obs_space, act_space, pool_bytes, clip_spec))
-    return SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs), clip_spec)
+    capacity = min(pool_size, steps_for_bytes(obs_space, act_space, pool_bytes, clip_spec, members))
+    return SegmentPool(obs_space, act_space, n_envs, max(1, capacity // n_envs), clip_spec, members)
 
 
 @dataclass
@@ -152,15 +153,15 @@ class RunParts:
         comparisons = Comparisons(obs_space, act_space, segment_length, config.max_comparisons)
         name = env_id(venv)
         store = open_run_store(store_spec, default_store_path(logger, name), obs_space, act_space, segment_length, name)
-        if len(store):
-            comparisons.add_labelled(store.labelled_pairs(last=config.max_comparisons))
+        for labelled in store.labelled_pair_chunks(last=config.max_comparisons):
+            comparisons.add_labelled(labelled)  # a chunk at a time: stacked frames are held once
         store.set_meta(LABELS_PER_QUERY, str(config.labels_per_query))
         trainer_kwargs = {"lr": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed}
         fitter = make_fitter(
             config.fitting, model, trainer_kwargs, segment_length, config.max_comparisons, timings, store.path
         )
         save_to = store.path.with_suffix(".reward_model.pt")
-        pool = _pool_for(venv, wrappers, store, config, source)
+        pool = _pool_for(venv, wrappers, store, config, source, model)
         return cls(
             wrappers=wrappers,
             model=model,
@@ -186,7 +187,7 @@ class RunParts:
         check_model_spaces(self.model, obs_space, act_space)
         self.wrappers.push(self.model)
         if self.pool_env is not venv:
-            self.pool = _pool_for(venv, self.wrappers, self.store, config, source)
+            self.pool = _pool_for(venv, self.wrappers, self.store, config, source, self.model)
             self.pool_env = venv
         attach = getattr(source, "attach", None)
         if callable(attach):  # a person's source shows the store's clips
@@ -214,9 +215,12 @@ class RunParts:
             self.ids_in_fit = self.comparisons.next_id
             self.fitter.start(self.comparisons, epochs, max_steps)
 
-    def apply_fit(self, algo: BaseAlgorithm, logger: Logger, verbose: int, timings: Timings) -> bool:
-        """Wait for the running fit, if any, and publish its model; whether there was one."""
-        if not self.fitter.busy:
+    def apply_fit(self, algo: BaseAlgorithm, logger: Logger, verbose: int, timings: Timings, wait: bool = True) -> bool:
+        """Publish the running fit's model, waiting for it (or, without ``wait``, if it has ended).
+
+        Returns whether a model was published.
+        """
+        if not self.fitter.busy or not (wait or self.fitter.ready):
             return False
         with timings.measure("waiting_for_fit"):
             result = self.fitter.finish()
@@ -249,13 +253,24 @@ class RunParts:
 
 
 def _pool_for(
-    venv: VecEnv, wrappers: RewardWrappers, store: PreferenceStore, config: PreferenceConfig, source: PreferenceSource
+    venv: VecEnv,
+    wrappers: RewardWrappers,
+    store: PreferenceStore,
+    config: PreferenceConfig,
+    source: PreferenceSource,
+    model: RewardEnsemble,
 ) -> SegmentPool:
-    """A new pool for ``venv``'s steps, with clips when a person is shown the segments."""
+    """A new pool for ``venv``'s steps, with clips when a person is shown the segments.
+
+    It keeps the members' rewards of each step as well when selection and logging use them
+    (``config.recorded_scores``).
+    """
     clip_spec = None
     if getattr(source, "needs_clips", False):
         info = wrappers.enable_clips()
         store.set_meta("clips", info.to_json())
         clip_spec = info.spec
     obs_space, act_space = wrappers.spaces()
-    return make_pool(obs_space, act_space, venv.num_envs, config.pool_size, config.pool_bytes, clip_spec)
+    recorded = config.recorded_scores if config.recorded_scores is not None else model.image_obs
+    members = model.n_members if recorded else 0
+    return make_pool(obs_space, act_space, venv.num_envs, config.pool_size, config.pool_bytes, clip_spec, members)

@@ -8,6 +8,7 @@ consecutive steps from a single episode out of it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ class TransitionBatch:
     episodes: np.ndarray  # episode counter of each env at each step
     dropped: int = 0  # steps that overflowed the recorder before this drain
     clips: np.ndarray | None = None  # what a viewer needs to show each step, when recorded
+    member_rewards: np.ndarray | None = None  # [steps, n_envs, members] each member's r̂, when recorded
 
     def __len__(self) -> int:
         return len(self.true_rewards)
@@ -53,10 +55,14 @@ ClipSpec = tuple[tuple[int, ...], Any]
 
 
 def steps_for_bytes(
-    obs_space: spaces.Space[Any], act_space: spaces.Space[Any], budget: int, clip_spec: ClipSpec | None = None
+    obs_space: spaces.Space[Any],
+    act_space: spaces.Space[Any],
+    budget: int,
+    clip_spec: ClipSpec | None = None,
+    members: int = 0,
 ) -> int:
     """How many steps of (observation, action, rewards, episode, clip data) fit in ``budget`` bytes."""
-    per_step = space_bytes(obs_space) + space_bytes(act_space) + 4 + 4 + 8
+    per_step = space_bytes(obs_space) + space_bytes(act_space) + 4 + 4 + 8 + 4 * members
     if clip_spec is not None:
         per_step += int(np.prod(clip_spec[0], dtype=np.int64)) * np.dtype(clip_spec[1]).itemsize
     return max(1, budget // per_step)
@@ -103,7 +109,7 @@ class _Ring:
 
 
 def _fields(
-    obs_space: spaces.Space[Any], act_space: spaces.Space[Any], clip_spec: ClipSpec | None = None
+    obs_space: spaces.Space[Any], act_space: spaces.Space[Any], clip_spec: ClipSpec | None = None, members: int = 0
 ) -> dict[str, tuple[tuple[int, ...], Any]]:
     fields: dict[str, tuple[tuple[int, ...], Any]] = {
         "obs": (shape_of(obs_space), obs_space.dtype),
@@ -114,6 +120,8 @@ def _fields(
     }
     if clip_spec is not None:
         fields["clips"] = clip_spec
+    if members:
+        fields["member_rewards"] = ((members,), np.float32)
     return fields
 
 
@@ -126,6 +134,7 @@ class TransitionRecorder:
         n_envs: how many envs step together (1 for a single env).
         capacity: steps kept between drains; older steps are dropped (and counted).
         clip_spec: shape and dtype of per-step clip data to record as well (``None``: none).
+        members: record this many ensemble members' rewards of every step as well (0: none).
 
     Example:
         >>> rec = TransitionRecorder(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), n_envs=1, capacity=10)
@@ -141,10 +150,12 @@ class TransitionRecorder:
         n_envs: int,
         capacity: int,
         clip_spec: ClipSpec | None = None,
+        members: int = 0,
     ) -> None:
         self.n_envs = n_envs
         self.clip_spec = clip_spec
-        self._ring = _Ring(capacity, (n_envs,), _fields(observation_space, action_space, clip_spec))
+        self.members = members
+        self._ring = _Ring(capacity, (n_envs,), _fields(observation_space, action_space, clip_spec, members))
         self._write = 0  # total steps ever written
         self._pending = 0  # steps written since the last drain
         self._dropped = 0
@@ -161,12 +172,18 @@ class TransitionRecorder:
         true_rewards: np.ndarray,
         learned_rewards: np.ndarray,
         clips: np.ndarray | None = None,
+        member_rewards: np.ndarray | None = None,
     ) -> None:
-        """Record one step of every env (arrays with a leading ``n_envs`` axis)."""
+        """Record one step of every env (arrays with a leading ``n_envs`` axis).
+
+        ``member_rewards`` ``[n_envs, members]`` is read when the recorder keeps members.
+        """
         pos = self._write % self.capacity
         data = self._ring.data
         if self.clip_spec is not None:
             data["clips"][pos] = clips
+        if self.members:
+            data["member_rewards"][pos] = member_rewards
         data["obs"][pos] = obs
         data["actions"][pos] = np.asarray(actions).reshape(data["actions"].shape[1:])
         data["true_rewards"][pos] = true_rewards
@@ -224,6 +241,8 @@ class SegmentPool:
         action_space: the env's action space.
         n_streams: number of envs feeding the pool.
         capacity: steps kept per env (the most recent).
+        clip_spec: shape and dtype of the clip data recorded with each step (``None``: none).
+        members: how many ensemble members' rewards are recorded with each step (0: none).
 
     Example:
         >>> pool = SegmentPool(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), n_streams=1, capacity=100)
@@ -242,15 +261,22 @@ class SegmentPool:
         n_streams: int,
         capacity: int,
         clip_spec: ClipSpec | None = None,
+        members: int = 0,
     ) -> None:
         self.observation_space = observation_space
         self.action_space = action_space
         self.n_streams = n_streams
         self.capacity = capacity
         self.clip_spec = clip_spec
-        self._ring = _Ring(capacity, (n_streams,), _fields(observation_space, action_space, clip_spec))
+        self.members = members
+        self._ring = _Ring(capacity, (n_streams,), _fields(observation_space, action_space, clip_spec, members))
         self.written = np.zeros(n_streams, dtype=np.int64)
         self._episode_base = np.zeros(n_streams, dtype=np.int64)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the pool holds at most (its arrays are reserved up front and touched as they fill)."""
+        return sum(array.nbytes for array in self._ring.data.values())
 
     def add(self, first_stream: int, batch: TransitionBatch) -> None:
         """Append a drained batch whose env ``i`` feeds stream ``first_stream + i``."""
@@ -268,7 +294,7 @@ class SegmentPool:
             for name, array in self._ring.data.items():
                 source = getattr(batch, name)
                 if source is None:
-                    raise ValueError("clip data was expected from the reward wrappers but not recorded")
+                    raise ValueError(f"the reward wrappers did not record the {name} this pool keeps")
                 column = source[steps - keep :, i]
                 if name == "episodes":
                     column = column + self._episode_base[s]
@@ -327,12 +353,16 @@ class SegmentPool:
         pick = rng.integers(0, len(streams), size=count)
         return SegmentPlaces(streams[pick], (starts[pick][:, None] + np.arange(length)) % self.capacity)
 
-    def cut(self, places: SegmentPlaces) -> dict[str, np.ndarray]:
-        """The segments at ``places``: ``obs``, ``actions``, ``true_rewards`` (and ``clips``)."""
+    def cut(self, places: SegmentPlaces, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The segments at ``places``: ``obs``, ``actions``, ``true_rewards`` (and ``clips``).
+
+        ``fields`` names other recorded fields to cut instead (``"member_rewards"``, ...).
+        """
         rows = places.streams[:, None]
         data = self._ring.data
-        names = ["obs", "actions", "true_rewards"] + (["clips"] if self.clip_spec is not None else [])
-        return {name: data[name][places.positions, rows] for name in names}
+        if fields is None:
+            fields = ["obs", "actions", "true_rewards"] + (["clips"] if self.clip_spec is not None else [])
+        return {name: data[name][places.positions, rows] for name in fields}
 
     def cut_pairs(self, places: SegmentPlaces) -> SegmentPairs:
         """The segments at ``places`` paired in order (places 0 and 1, 2 and 3, ...)."""
@@ -341,18 +371,21 @@ class SegmentPool:
         segments = {name: array.reshape(-1, 2, *array.shape[1:]) for name, array in self.cut(places).items()}
         return SegmentPairs(**segments)
 
-    def recent(self, count: int) -> dict[str, np.ndarray]:
-        """The most recent ``count`` steps in all (split evenly over the envs), flattened."""
+    def recent(self, count: int, fields: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The most recent ``count`` steps in all (split evenly over the envs), flattened.
+
+        Every recorded field, or only those named in ``fields``.
+        """
         per_stream = max(1, count // self.n_streams)
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in self._ring.data}
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in (fields or self._ring.data)}
         for s in range(self.n_streams):
             available = int(min(self.written[s], self.capacity))
             take = min(per_stream, available)
             if take == 0:
                 continue
             positions = np.arange(self.written[s] - take, self.written[s]) % self.capacity
-            for name, array in self._ring.data.items():
-                parts[name].append(array[positions, s])
+            for name, chunks in parts.items():
+                chunks.append(self._ring.data[name][positions, s])
         return {
             name: np.concatenate(chunks) if chunks else self._ring.data[name][:0, 0] for name, chunks in parts.items()
         }

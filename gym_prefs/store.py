@@ -287,6 +287,18 @@ class PreferenceStore:
         rows = select_labelled_rows(self._connection, last)
         return labelled_pairs_of_rows(rows, self.observation_space, self.action_space, self.segment_length)
 
+    def labelled_pair_chunks(self, last: int | None = None, pairs_per_chunk: int = 256) -> Iterator[LabelledPairs]:
+        """:meth:`labelled_pairs` in order, ``pairs_per_chunk`` pairs at a time.
+
+        What a store of image clips needs to be read into memory that holds them more compactly
+        (a :class:`~gym_prefs.Comparisons` keeps stacked frames once): 3,000 Atari pairs are
+        4.2 GB of stacked frames as one array.
+        """
+        rows = select_labelled_rows(self._connection, last)
+        for start in range(0, len(rows), pairs_per_chunk):
+            chunk = rows[start : start + pairs_per_chunk]
+            yield labelled_pairs_of_rows(chunk, self.observation_space, self.action_space, self.segment_length)
+
     def check(self) -> list[str]:
         """Check the whole file for damage (SQLite's ``PRAGMA quick_check``); ``[]`` means healthy.
 

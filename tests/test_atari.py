@@ -128,7 +128,12 @@ def test_without_a_gpu_the_atari_preset_caps_its_fits_and_says_so(monkeypatch):
     cpu = atari_preset("ALE/Pong-v5", paper=False)
     assert (cpu.config.initial_fit_steps, cpu.config.fit_steps) == ATARI_CPU_FIT_STEPS
     assert any("--paper" in note for note in cpu.notes)
+    # A refit outlasts the rollouts between updates on a CPU: RL goes on beside it, and is told so.
+    assert paper.wait_for_fits and not cpu.config.wait_for_fits
+    assert any("does not wait for refits" in note for note in cpu.notes)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert atari_preset("ALE/Pong-v5").config.initial_fit_steps is None  # a GPU fits as the paper did
+    on_gpu = atari_preset("ALE/Pong-v5").config
+    assert on_gpu.initial_fit_steps is None and on_gpu.reward_model["device"] == "cuda"  # as the paper did
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert atari_preset("ALE/Pong-v5").config.initial_fit_steps == ATARI_CPU_FIT_STEPS[0]
+    assert atari_preset("ALE/Pong-v5").config.reward_model["device"] == "cpu"

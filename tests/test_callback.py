@@ -302,3 +302,40 @@ def test_a_callback_nobody_closes_stops_its_fitting_process_and_closes_its_store
     del prefs
     gc.collect()
     assert not worker.alive and store.closed  # what it built is closed without a close() call
+
+
+def test_without_wait_for_fits_rl_goes_on_while_a_refit_runs(monkeypatch, tmp_path):
+    import threading
+
+    from gym_prefs import RewardTrainer
+
+    release, fits = threading.Event(), []
+    fit = RewardTrainer.fit
+
+    def held_fit(self, data, epochs, max_steps=None):
+        fits.append(len(data))
+        if len(fits) == 2:  # the first refit beside RL is held until RL has gone on without it
+            assert release.wait(60), "RL waited for the refit"
+        return fit(self, data, epochs, max_steps)
+
+    monkeypatch.setattr(RewardTrainer, "fit", held_fit)
+
+    class ReleaseLater(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= 2048:
+                release.set()
+            return True
+
+    model = PPO("MlpPolicy", LearnedReward(gym.make("Pendulum-v1")), n_steps=256, seed=0)
+    callback = PreferenceCallback(
+        "oracle",
+        total_labels=40,
+        fitting="thread",
+        wait_for_fits=False,
+        refit_interval=256,
+        store=tmp_path / "p.db",
+        seed=0,
+    )
+    model.learn(3072, callback=[callback, ReleaseLater()])
+    assert release.is_set() and len(fits) >= 3
+    assert callback.last_fit is not None and callback.last_fit.pairs == callback.num_labels  # the end waits

@@ -121,3 +121,12 @@ def test_an_atari_run_from_the_command_line_leaves_its_artefacts_and_says_what_i
     if settings["initial_fit_steps"] is not None:  # no GPU here: the fits are cut, and it says so
         assert f"first fit is cut to {settings['initial_fit_steps']} gradient steps" in printed
     assert "true return over 1 episodes" in printed
+
+
+def test_ale_vector_is_refused_where_a_person_labels_or_the_env_is_not_atari(tmp_path, capsys):
+    pytest.importorskip("ale_py")
+    out = tmp_path / "run"
+    for args in (["ALE/Pong-v5", "--labeler", "web"], ["Pendulum-v1"]):
+        assert cli(["train", *args, "--ale-vector", "--out", str(out)]) == 2
+        assert "--ale-vector runs Atari games for the oracle" in capsys.readouterr().err
+    assert not out.exists()

@@ -2,6 +2,7 @@ import copy
 import gc
 import os
 import signal
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -250,3 +251,25 @@ def test_make_fitter_gives_each_kind_and_refuses_an_unknown_mode():
     assert isinstance(make_fitter("inline", model(), TRAINER_KWARGS, LENGTH, None), InlineFitter)
     with pytest.raises(ValueError, match=r"fitting must be one of \('process', 'thread', 'inline'\), got 'gpu'"):
         make_fitter("gpu", model(), TRAINER_KWARGS, LENGTH, None)
+
+
+@pytest.mark.parametrize("mode", FITTING_MODES)
+def test_ready_says_when_finish_would_not_wait(mode):
+    fitter = make_fitter(mode, model(), TRAINER_KWARGS, LENGTH, None)
+    try:
+        assert not fitter.ready  # no fit running
+        data = new_data()
+        add(data, 0, 30)
+        fitter.start(data, 1)
+        fitter.finish()  # the process fitter's first fit runs here; the next in its worker
+        fitter.start(data, 400)
+        if mode != "inline":  # 400 epochs take seconds: not ended at once
+            assert not fitter.ready
+        deadline = time.monotonic() + 120
+        while not fitter.ready and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fitter.ready
+        result = fitter.finish()
+        assert result.report.epochs == 400 and not fitter.ready
+    finally:
+        fitter.close()

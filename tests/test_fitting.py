@@ -156,3 +156,24 @@ def test_a_fit_stops_at_its_cap_on_gradient_steps_mid_epoch_if_need_be():
     assert capped.steps == per_epoch + 1 and capped.epochs == 2  # the second epoch cut short
     same = RewardTrainer(RewardEnsemble(OBS, ACT, seed=0), batch_size=8, seed=0).fit(data, epochs=3, max_steps=10**6)
     assert (same.steps, same.train_loss) == (uncapped.steps, uncapped.train_loss)  # a cap not reached changes nothing
+
+
+def test_a_capped_fit_validates_on_as_many_pairs_as_it_trains_on_and_only_once_an_epoch():
+    obs, act, mu, _ = labelled_pairs(600, seed=0)
+    data = Comparisons(OBS, ACT, LENGTH)
+    data.add(SegmentPairs(obs, act), mu)
+    trainer = RewardTrainer(RewardEnsemble(OBS, ACT, seed=0), batch_size=8, seed=0)
+    passes = []
+    evaluate = trainer.evaluate
+
+    def counted(data, rows):
+        passes.append(len(rows))
+        return evaluate(data, rows)
+
+    trainer.evaluate = counted
+    report = trainer.fit(data, epochs=100, max_steps=5)
+    assert passes == [40]  # one (partial) epoch: 5 steps x 8 pairs; no second pass after the fit
+    assert 0.0 <= report.accuracy <= 1.0 and np.isfinite(report.val_loss)
+    passes.clear()
+    trainer.fit(data, epochs=2)  # uncapped: the whole validation split, once an epoch
+    assert len(passes) == 2 and passes[0] == int(data.validation_mask(trainer.val_fraction).sum())

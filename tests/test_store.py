@@ -231,3 +231,16 @@ def test_a_store_opened_in_a_thread_can_be_closed_from_another(tmp_path):
     assert not (tmp_path / "p.db-run.lock").exists()
     with PreferenceStore(tmp_path / "p.db", readonly=True) as again:
         assert again.counts()["queries"] == 1
+
+
+def test_labelled_pairs_read_a_chunk_at_a_time_are_the_same_pairs(tmp_path):
+    with new_store(tmp_path / "p.db") as store:
+        ids = store.add_queries(pairs(23), source="oracle")
+        store.record_answers([Answer(i, "first" if i % 3 else "skip") for i in ids])
+        for last in (None, 10):
+            whole = store.labelled_pairs(last=last)
+            chunks = list(store.labelled_pair_chunks(last=last, pairs_per_chunk=4))
+            assert max(len(chunk) for chunk in chunks) == 4
+            np.testing.assert_array_equal(np.concatenate([c.query_ids for c in chunks]), whole.query_ids)
+            np.testing.assert_array_equal(np.concatenate([c.pairs.obs for c in chunks]), whole.pairs.obs)
+            np.testing.assert_array_equal(np.concatenate([c.mu for c in chunks]), whole.mu)
