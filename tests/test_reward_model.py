@@ -290,3 +290,14 @@ def test_the_encoder_refuses_what_no_network_reads():
         InputEncoder(VEC_OBS, BOX_ACT, network="cnn")
     with pytest.raises(UnsupportedSpaceError, match="FlattenObservation"):
         InputEncoder(spaces.Dict({"x": VEC_OBS}), BOX_ACT)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_cnn_gives_shared_images_the_same_rewards_as_a_copy_per_member(training):
+    torch.manual_seed(0)
+    net = EnsembleCNN(3, (4, 84, 84), act_dim=2, dropout=0.0).train(training)
+    images, actions = torch.rand(6, 4, 84, 84), torch.rand(6, 2)
+    shared = net(images, actions)  # the dense first convolution
+    copies = net(images.expand(3, -1, -1, -1, -1), actions.expand(3, -1, -1))  # the grouped one
+    assert shared.shape == (3, 6)
+    torch.testing.assert_close(shared, copies, rtol=1e-5, atol=1e-6)
