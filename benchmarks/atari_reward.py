@@ -24,12 +24,11 @@ from gym_prefs.atari import make_atari_env
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.fitting import RewardTrainer
 from gym_prefs.presets import atari_preset
-from gym_prefs.records import SegmentPairs
+from gym_prefs.records import PREFERENCE_OF, SegmentPairs
 from gym_prefs.segments import SegmentPool
 from gym_prefs.sources.oracle import SyntheticOracle
 
 SEGMENT = 25
-MU = {"first": 1.0, "second": 0.0, "equal": 0.5}
 
 
 def play(env_id: str, steps: int, hold: int, seed: int, n_envs: int = 8) -> SegmentPool:
@@ -89,7 +88,7 @@ def main() -> None:
     train = pairs_of(trained_on, args.labels, rng)
     answers = SyntheticOracle(seed=args.seed).label(train["true_rewards"][:, 0], train["true_rewards"][:, 1])
     data = Comparisons(model.observation_space, model.action_space, SEGMENT)
-    data.add(SegmentPairs(train["obs"], train["actions"]), np.array([MU[a] for a in answers]))
+    data.add(SegmentPairs(train["obs"], train["actions"]), np.array([PREFERENCE_OF[a] for a in answers]))
     trainer = RewardTrainer(model, batch_size=preset.config.batch_size, seed=args.seed)
     start = time.perf_counter()
     fit = trainer.fit(data, epochs=10**6, max_steps=args.fit_steps)
@@ -103,7 +102,7 @@ def main() -> None:
         {
             "env": args.env,
             "labels": args.labels,
-            "label_kinds": {kind: answers.count(kind) for kind in MU},
+            "label_kinds": {kind: answers.count(kind) for kind in PREFERENCE_OF},
             "fit_steps": fit.steps,
             "fit_seconds": round(fit_seconds, 1),
             "play_seconds": round(played, 1),

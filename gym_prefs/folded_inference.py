@@ -46,7 +46,7 @@ class FoldedMlp:
         >>> folded.serves(4), folded.serves(FOLDED_MAX_ROWS + 1)
         (True, False)
         >>> obs, act = np.zeros((4, 3)), np.zeros((4, 1))
-        >>> np.allclose(folded.predict(obs, act), model.predict_members(obs, act).mean(0), atol=1e-5)
+        >>> np.allclose(folded.predict_members(obs, act), model.predict_members(obs, act), atol=1e-5)
         True
     """
 
@@ -61,17 +61,13 @@ class FoldedMlp:
         model = self._model
         return isinstance(model.net, EnsembleMLP) and model.device.type == "cpu" and rows <= FOLDED_MAX_ROWS
 
-    def predict(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        """The ensemble's mean normalised reward, ``[count]`` float32, for flattened transitions.
+    def predict_members(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
+        """Every member's normalised reward, ``[members, count]`` float32, for flattened transitions.
 
         Args:
             obs: observations ``[count, *observation shape]``, as the environment gives them.
             act: actions ``[count, *action shape]`` (read only if the model uses actions).
         """
-        return self.predict_members(obs, act).mean(axis=0)
-
-    def predict_members(self, obs: np.ndarray, act: np.ndarray) -> np.ndarray:
-        """Every member's normalised reward, ``[members, count]`` float32 (arguments as :meth:`predict`)."""
         key = tuple(t._version for t in self._sources)
         if key != self._key:
             self._layers, self._key = self._fold(), key

@@ -335,20 +335,17 @@ class RewardEnsemble(_ModelFileMethods, nn.Module):
 
         Zeros until the ensemble has been fitted. ``batch_size`` is as for :meth:`predict_members`.
         """
-        obs, act, lead = self._inputs.flatten(obs, act)
-        if not self.is_fitted:
-            return np.zeros(lead, dtype=np.float32)
-        if self._folded.serves(len(obs)):
-            return self._folded.predict(obs, act).reshape(lead)
-        rewards = self._predict_tensor(obs, act, batch_size).mean(dim=0)
-        return rewards.cpu().numpy().reshape(lead)
+        return self.predict_with_members(obs, act, batch_size)[0]
 
-    def predict_with_members(self, obs: np.ndarray, act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with_members(
+        self, obs: np.ndarray, act: np.ndarray, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`predict`'s rewards ``[*lead]`` and every member's ``[n_members, *lead]``, from one pass.
 
         The reward wrappers keep the members' rewards of every step, so that query selection
         and logging need not run the networks again. Before the first fit the rewards are
-        zeros and the members' ``NaN`` (no member has an opinion yet).
+        zeros and the members' ``NaN`` (no member has an opinion yet). ``batch_size`` is as for
+        :meth:`predict_members`.
 
         Example:
             >>> from gymnasium import spaces
@@ -363,7 +360,7 @@ class RewardEnsemble(_ModelFileMethods, nn.Module):
         if self._folded.serves(len(obs)):
             members = self._folded.predict_members(obs, act)
         else:
-            members = self._predict_tensor(obs, act).cpu().numpy()
+            members = self._predict_tensor(obs, act, batch_size).cpu().numpy()
         return members.mean(axis=0).reshape(lead), members.reshape(self.n_members, *lead)
 
     @torch.inference_mode()

@@ -102,19 +102,26 @@ def select_pairs(
     informed = method == "disagreement" and model.is_fitted and model.n_members > 1
     candidates = count * candidates_factor if informed else count
     places = pool.sample_places(2 * candidates, length, rng)
-    if informed and pool.members:
-        keep = np.argsort(-recorded_disagreement(pool, places), kind="stable")[:count]
-        places = places[np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)]
-    elif informed:
-        # Candidates are cut and scored a chunk at a time: with large images a copy of all of
-        # them (ten times the pairs asked for) would not fit in memory.
-        step_bytes = space_bytes(model.observation_space) + space_bytes(model.action_space)
-        chunk = max(1, CANDIDATE_BYTES // (2 * length * step_bytes))
-        scores = []
-        for start in range(0, candidates, chunk):
-            pairs = pool.cut_pairs(places[2 * start : 2 * (start + chunk)])
-            scores.append(pair_disagreement(model, pairs.obs, pairs.actions))
-        variance = np.concatenate(scores)
+    if informed:
+        if pool.members:
+            variance = recorded_disagreement(pool, places)
+        else:
+            variance = _fresh_disagreement(pool, model, places, length)
         keep = np.argsort(-variance, kind="stable")[:count]
         places = places[np.stack([2 * keep, 2 * keep + 1], axis=1).reshape(-1)]
     return pool.cut_pairs(places)
+
+
+def _fresh_disagreement(pool: SegmentPool, model: RewardEnsemble, places: SegmentPlaces, length: int) -> np.ndarray:
+    """:func:`pair_disagreement` of the pairs at ``places`` (paired in order), run by ``model`` now.
+
+    Candidates are cut and scored a chunk at a time: with large images a copy of all of them
+    (ten times the pairs asked for) would not fit in memory.
+    """
+    step_bytes = space_bytes(model.observation_space) + space_bytes(model.action_space)
+    chunk = max(1, CANDIDATE_BYTES // (2 * length * step_bytes))
+    scores = []
+    for start in range(0, len(places) // 2, chunk):
+        pairs = pool.cut_pairs(places[2 * start : 2 * (start + chunk)])
+        scores.append(pair_disagreement(model, pairs.obs, pairs.actions))
+    return np.concatenate(scores)
