@@ -14,6 +14,16 @@ resumes).
 
     python benchmarks/learning.py --envs HalfCheetah-v5 --labels 700 --seeds 0 1 2 --steps 300000 --out bench/
 
+An ``ALE/...`` env id runs the Atari preset instead: A2C with 16 envs in ale-py's vectorised
+env (the preset's preprocessing, episode ends hidden in both conditions; the true-reward
+baseline's rewards clipped to their sign, as published A2C baselines train), scored on the
+true game score of the games it plays while training (the curve) and of 8 games played after
+it (the final figure, a sampled policy: a deterministic Atari policy often stalls). The
+``random`` condition (a uniformly random policy, 16 games) gives the figure gains are measured
+from, and the summary then reports each condition's share of the true-reward agent's gain::
+
+    python benchmarks/learning.py --envs ALE/Seaquest-v5 --conditions random true 700 --steps 300000 --jobs 2
+
 writes ``bench/runs/*.json`` (curves and final returns), ``bench/summary.md`` and
 ``bench/curves.png``.
 """
@@ -27,6 +37,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from common import run_parallel, write_json
 
@@ -37,6 +48,9 @@ PPO_KWARGS = {"Swimmer-v5": {"gamma": 0.9999}}
 
 def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int, out: str) -> None:
     """Train and score one run (called in its own process)."""
+    if env_id.startswith("ALE/"):
+        write_json(_atari_run(env_id, condition, seed, steps, eval_every, out), out + ".json")
+        return
     import numpy as np
     import torch
     from stable_baselines3 import PPO
@@ -104,36 +118,141 @@ def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int,
     del np
 
 
+def _atari_run(env_id: str, condition: str, seed: int, steps: int, eval_every: int, out: str) -> dict[str, Any]:
+    """One Atari run of the preset's A2C (or the random policy), scored on the true game score."""
+    import numpy as np
+    import torch
+    from stable_baselines3 import A2C
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    import gym_prefs
+    from gym_prefs.atari import make_atari_env, make_atari_eval_env
+    from gym_prefs.presets import atari_preset
+
+    torch.set_num_threads(1)
+    eval_env = make_atari_eval_env(env_id, n_envs=8, seed=20_000 + seed)
+    result: dict[str, Any] = {"env_id": env_id, "condition": condition, "seed": seed, "steps": steps}
+    if condition == "random":
+        rng = np.random.default_rng(seed)
+
+        class RandomPolicy:
+            def predict(self, obs: Any, *args: Any, **kwargs: Any) -> Any:
+                return rng.integers(eval_env.action_space.n, size=len(obs)), None
+
+        random_games, _ = evaluate_policy(RandomPolicy(), eval_env, n_eval_episodes=16, return_episode_rewards=True)  # type: ignore[arg-type]
+        return {
+            **result,
+            "steps": 0,
+            "final_true_return": float(np.mean(random_games)),
+            "final_games": random_games,
+            "curve": [],
+        }
+
+    labels = 0 if condition == "true" else int(condition)
+    preset = atari_preset(env_id, total_labels=max(labels, 1))
+    venv = make_atari_env(env_id, n_envs=16, seed=seed, learned_reward=labels > 0, ale_vector=True, num_threads=1)
+    callbacks: list[BaseCallback] = []
+    preferences = None
+    if labels:
+        preferences = gym_prefs.PreferenceCallback(
+            "oracle", config=preset.config, store=f"{out}.db", seed=seed, fitting="process"
+        )
+        callbacks.append(preferences)
+    else:
+
+        class SignOfReward(VecEnvWrapper):
+            """The game's reward clipped to -1, 0 or +1, as published Atari baselines train."""
+
+            def reset(self) -> Any:
+                return self.venv.reset()
+
+            def step_wait(self) -> Any:
+                obs, rewards, dones, infos = self.venv.step_wait()
+                return obs, np.sign(rewards), dones, infos
+
+        venv = SignOfReward(venv)
+    model = A2C(preset.policy, venv, seed=seed, **preset.algo_kwargs)
+    games: list[tuple[int, float]] = []
+
+    class Games(BaseCallback):
+        """The true score of every game the agent finishes while it trains."""
+
+        def _on_step(self) -> bool:
+            infos = self.locals["infos"]
+            games.extend((self.num_timesteps, info["episode"]["r"]) for info in infos if "episode" in info)
+            return True
+
+    start = time.perf_counter()
+    model.learn(steps, callback=CallbackList([*callbacks, Games()]))
+    seconds = time.perf_counter() - start
+    final, _ = evaluate_policy(model, eval_env, n_eval_episodes=8, deterministic=False, return_episode_rewards=True)
+    curve = []
+    for end in range(eval_every, steps + eval_every, eval_every):
+        window = [score for t, score in games if end - eval_every < t <= end]
+        if window:
+            curve.append((end, float(np.mean(window))))
+    result.update(
+        final_true_return=float(np.mean(final)),
+        final_games=final,
+        curve=curve,
+        games=games,
+        seconds=seconds,
+        labels=preferences.num_labels if preferences else 0,
+        breakdown=preferences.time_breakdown() if preferences else {},
+        finished_at=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+    if preferences is not None:
+        preferences.close()
+    return result
+
+
 def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
-    """A markdown table: median final true return per condition and preference ÷ true ratios."""
+    """A markdown table: median final true return per condition against the true-reward agent's.
+
+    Where a ``random`` run exists the comparison is the share of the true-reward agent's gain
+    over random (a score of 0 is not "nothing learned" in most games); else the plain ratio.
+    """
     results = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
     lines = [
-        "| env | condition | seeds | final true return per seed | median | ÷ true-reward median | wall time (median) |",
+        "| env | condition | seeds | final true return per seed | median | against true reward | wall time (median) |",
         "|---|---|---|---|---|---|---|",
     ]
     for env_id in envs:
         by_condition = {c: [r for r in results if r["env_id"] == env_id and r["condition"] == c] for c in conditions}
-        true_runs = by_condition.get("true") or []
-        true_median = statistics.median(r["final_true_return"] for r in true_runs) if true_runs else None
+        medians = {
+            c: statistics.median(r["final_true_return"] for r in runs) for c, runs in by_condition.items() if runs
+        }
         for condition, runs in by_condition.items():
             if not runs:
                 continue
             returns = [r["final_true_return"] for r in sorted(runs, key=lambda r: r["seed"])]
-            median = statistics.median(returns)
-            if condition == "true" or not true_median:
-                ratio = "—"
-            elif true_median < 0:
-                ratio = "n/a (returns < 0)"  # a ratio of negative returns reads backwards
-            else:
-                ratio = f"{median / true_median:.2f}"
-            name = "true reward" if condition == "true" else f"{condition} labels"
-            per_seed = " / ".join(f"{v:,.0f}" for v in returns)
-            seconds = statistics.median(r["seconds"] for r in runs)
-            cells = [env_id, name, str(len(runs)), per_seed, f"{median:,.0f}", ratio, f"{seconds:.0f} s"]
-            lines.append("| " + " | ".join(cells) + " |")
+            median = medians[condition]
+            cells = [env_id, _condition_name(condition), str(len(runs)), " / ".join(f"{v:,.0f}" for v in returns)]
+            seconds = [r["seconds"] for r in runs if "seconds" in r]
+            wall = f"{statistics.median(seconds):.0f} s" if seconds else "—"
+            lines.append("| " + " | ".join([*cells, f"{median:,.0f}", _against_true(condition, medians), wall]) + " |")
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
     return table
+
+
+def _condition_name(condition: str) -> str:
+    return {"true": "true reward", "random": "random policy"}.get(condition, f"{condition} labels")
+
+
+def _against_true(condition: str, medians: dict[str, float]) -> str:
+    """``condition``'s median as a share of the true-reward agent's gain over random, or a ratio."""
+    true_median = medians.get("true")
+    if condition in ("true", "random") or true_median is None:
+        return "—"
+    if "random" in medians:
+        gain = true_median - medians["random"]
+        return f"{(medians[condition] - medians['random']) / gain:.2f} of the gain" if gain > 0 else "n/a (no gain)"
+    if true_median <= 0:
+        return "n/a (returns ≤ 0)"  # a ratio of negative returns reads backwards
+    return f"{medians[condition] / true_median:.2f}"
 
 
 def plot_curves(out: Path, envs: list[str], conditions: list[str]) -> Path:
@@ -151,14 +270,18 @@ def plot_curves(out: Path, envs: list[str], conditions: list[str]) -> Path:
         for condition in conditions:
             runs = [r for r in results if r["env_id"] == env_id and r["condition"] == condition]
             for i, run in enumerate(sorted(runs, key=lambda r: r["seed"])):
+                label = _condition_name(condition) if i == 0 else None
+                if condition == "random":  # no training: its score is a level to compare against
+                    ax.axhline(run["final_true_return"], color="grey", linestyle="--", linewidth=1, label=label)
+                    continue
                 steps, returns = zip(*run["curve"], strict=True) if run["curve"] else ((), ())
-                label = ("true reward" if condition == "true" else f"{condition} labels") if i == 0 else None
                 ax.plot(steps, returns, color=colours[condition], alpha=0.8, linewidth=1.2, label=label)
         ax.set_title(env_id)
+        atari = env_id.startswith("ALE/")
+        ax.set_ylabel("true score (games while training)" if atari else "true return (2 episodes, deterministic)")
         ax.set_xlabel("timesteps")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("true return (2 episodes, deterministic)")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     path = out / "curves.png"
@@ -171,6 +294,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5"])
     parser.add_argument("--labels", nargs="+", type=int, default=[350, 700, 1400])
+    parser.add_argument(
+        "--conditions", nargs="+", help='instead of "true" and --labels: any of "random", "true" and label budgets'
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300_000)
     parser.add_argument("--eval-every", type=int, default=30_000)
@@ -184,7 +310,7 @@ def main() -> None:
         return
 
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
-    conditions = ["true", *map(str, args.labels)]
+    conditions = args.conditions or ["true", *map(str, args.labels)]
     jobs = []
     # Seeds outermost: an interrupted benchmark has every env and condition on the first seeds.
     for seed in args.seeds:

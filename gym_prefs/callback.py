@@ -25,6 +25,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from gym_prefs.config import PreferenceConfig
+from gym_prefs.coverage import AskedPairs
 from gym_prefs.fitting import FitReport
 from gym_prefs.publishing import EpisodeReturns
 from gym_prefs.records import SegmentPairs
@@ -105,6 +106,9 @@ class PreferenceCallback(BaseCallback):
         self._owns_source = isinstance(source, str)
         self._store_spec = store
         self.rng = np.random.default_rng(self.config.seed)
+        # Pairs asked so far, which k-center selection keeps away from (since this callback
+        # was made: a restarted run starts afresh, as its first queries are random anyway).
+        self.asked = AskedPairs(capacity=self.config.max_comparisons or 2000)
         self.timings = Timings()
         self.episode_returns = EpisodeReturns()
         self.schedule = self.config.label_schedule(horizon=1)  # until learn() says how long it runs
@@ -237,7 +241,7 @@ class PreferenceCallback(BaseCallback):
 
     def _ask(self, count: int, required: bool = False) -> None:
         with self.timings.measure("selection"):
-            pairs = _select(self.parts, self.config, count, self.rng, required)
+            pairs = _select(self.parts, self.config, count, self.rng, required, self.asked)
         if pairs is not None:
             self.parts.labelling.ask(pairs, timestep=self.num_timesteps)
 
@@ -251,7 +255,7 @@ class PreferenceCallback(BaseCallback):
 
 
 def _select(
-    parts: RunParts, config: PreferenceConfig, count: int, rng: np.random.Generator, required: bool
+    parts: RunParts, config: PreferenceConfig, count: int, rng: np.random.Generator, required: bool, asked: AskedPairs
 ) -> SegmentPairs | None:
     """``count`` pairs to ask about, or ``None`` while the pool holds no segment yet.
 
@@ -263,7 +267,7 @@ def _select(
         if required or pool.written.min() >= pool.capacity:
             pool.sample(1, length, rng)  # raises the clear error
         return None
-    return select_pairs(pool, parts.model, count, length, config.selection, rng, config.candidates_factor)
+    return select_pairs(pool, parts.model, count, length, config.selection, rng, config.candidates_factor, asked)
 
 
 def _roll_out_initial_policy(algo: BaseAlgorithm, parts: RunParts, count: int, initial_steps: int | None) -> None:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gym_prefs.records import SELECTION_METHODS
+
 __all__ = ["ALGORITHMS", "add_train_arguments", "algorithm_class", "evaluation_env", "train"]
 
 ALGORITHMS = ("a2c", "ppo", "trpo", "sac", "td3", "dqn")
@@ -103,7 +105,7 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     train.add_argument("--segment-length", type=int, default=None, help="steps per clip (default: 1.5 s of env time)")
     train.add_argument(
-        "--selection", choices=("disagreement", "random"), default="disagreement", help="query selection"
+        "--selection", choices=SELECTION_METHODS, default="disagreement", help="query selection (see the docs)"
     )
     train.add_argument(
         "--eval-episodes",

@@ -28,8 +28,11 @@ class PreferenceConfig:
         initial_label_fraction: share of the budget asked before RL starts (paper: 0.25).
         schedule: ``"decay"`` (rate ∝ scale/(T + scale), the paper's) or ``"constant"``.
         schedule_scale: the decay's time scale in timesteps (paper: 2e6).
-        selection: ``"disagreement"`` (the paper's) or ``"random"``.
-        candidates_factor: candidate pairs sampled per query for disagreement selection.
+        selection: how pairs are chosen to be asked about: ``"disagreement"`` (the paper's),
+            ``"entropy"``, ``"kcenter"``, ``"kcenter_disagreement"``, ``"kcenter_entropy"``
+            (B-Pref's, Lee et al. 2021) or ``"random"``; see :mod:`gym_prefs.selection`.
+        candidates_factor: candidate pairs sampled per pair asked, for every selection but
+            ``"random"``.
         refit_interval: timesteps between label requests and refits; ``None`` spreads 50 of
             them over the run.
         initial_fit_epochs: epochs of the first fit, before RL.
@@ -84,10 +87,10 @@ class PreferenceConfig:
         >>> config = PreferenceConfig(total_labels=200, fit_epochs=3)
         >>> config.replace(selection="random").selection
         'random'
-        >>> PreferenceConfig(selection="best")
+        >>> PreferenceConfig(fitting="later")
         Traceback (most recent call last):
         ...
-        ValueError: selection must be one of ('disagreement', 'random'), got 'best'
+        ValueError: fitting must be one of ('process', 'thread', 'inline'), got 'later'
     """
 
     total_labels: int = 700

@@ -25,6 +25,7 @@ __all__ = [
     "LABELS",
     "PREFERENCE_OF",
     "SECOND",
+    "SELECTION_METHODS",
     "SKIP",
     "Answer",
     "Label",
@@ -33,6 +34,10 @@ __all__ = [
     "Segment",
     "SegmentPairs",
 ]
+
+#: Ways of choosing the pairs to ask about (see :mod:`gym_prefs.selection`); named here, where
+#: nothing imports torch, so that the command line lists them at once.
+SELECTION_METHODS: Final = ("disagreement", "entropy", "kcenter", "kcenter_disagreement", "kcenter_entropy", "random")
 
 #: ``"first"`` / ``"second"``: that segment is better; ``"equal"``: equally good;
 #: ``"skip"``: can't tell (the pair is dropped and never trained on).

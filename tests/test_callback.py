@@ -339,3 +339,15 @@ def test_without_wait_for_fits_rl_goes_on_while_a_refit_runs(monkeypatch, tmp_pa
     model.learn(3072, callback=[callback, ReleaseLater()])
     assert release.is_set() and len(fits) >= 3
     assert callback.last_fit is not None and callback.last_fit.pairs == callback.num_labels  # the end waits
+
+
+@pytest.mark.parametrize("selection", ["entropy", "kcenter_disagreement"])
+def test_every_selection_method_runs_in_a_real_run(selection):
+    env = LearnedReward(gym.make("Pendulum-v1"))
+    prefs = PreferenceCallback(
+        "oracle", total_labels=30, segment_length=10, selection=selection, fitting="inline", seed=0
+    )
+    make_algo(PPO, env).learn(1024, callback=prefs)
+    assert prefs.num_labels == 30
+    # k-center remembers the pairs it asked after the first fit (the first ones are random).
+    assert (len(prefs.asked) > 0) == selection.startswith("kcenter")
