@@ -108,6 +108,12 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
         "--selection", choices=SELECTION_METHODS, default="disagreement", help="query selection (see the docs)"
     )
     train.add_argument(
+        "--exploration-bonus",
+        type=float,
+        default=0.0,
+        help="RUNE: pay the agent this times the ensemble's disagreement on top of r̂, decaying (default: 0, off)",
+    )
+    train.add_argument(
         "--eval-episodes",
         type=int,
         default=None,
@@ -171,6 +177,15 @@ def train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    try:  # settings are checked before anything is made
+        config = preset.config.replace(
+            total_labels=args.labels, selection=args.selection, seed=args.seed, exploration_bonus=args.exploration_bonus
+        )
+        if args.segment_length is not None:
+            config = config.replace(segment_length=args.segment_length)
+    except ValueError as error:
+        print(f"gym-prefs: {error}", file=sys.stderr)
+        return 2
     for note in preset.notes:
         print(f"gym-prefs ({preset.name} preset): {note}")
 
@@ -207,9 +222,6 @@ def train(args: argparse.Namespace) -> int:
         from gym_prefs.sources import WebLabeler
 
         source = WebLabeler(args.instruction)
-    config = preset.config.replace(total_labels=args.labels, selection=args.selection, seed=args.seed)
-    if args.segment_length is not None:
-        config = config.replace(segment_length=args.segment_length)
     callback = gym_prefs.PreferenceCallback(
         source, config=config, store=str(args.store or out / "preferences.db"), verbose=args.verbose
     )

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from gym_prefs.exploration import UncertaintyBonus
 from gym_prefs.fitters import FITTING_MODES
 from gym_prefs.schedules import LabelSchedule
 from gym_prefs.selection import SELECTION_METHODS
@@ -79,6 +80,12 @@ class PreferenceConfig:
             restart goes on from there); ``None`` waits as long as it takes (a person may take
             a while), saying every minute what it waits for.
         seed: seed for segment sampling, bootstrap samples and the oracle.
+        exploration_bonus: RUNE's β_0 (Liang et al. 2022): the agent is paid β_t times the
+            standard deviation of the members' rewards on top of r̂, so that it seeks the states
+            the labels have not settled yet; 0 (default) turns it off. See
+            :mod:`gym_prefs.exploration`.
+        exploration_bonus_decay: RUNE's ρ: β_t = β_0 (1 − ρ)^t over timesteps t, applied at each
+            refit.
         labels_per_query: how many different people answer each query on the labelling page
             (``"web"``); their answers are combined into one (see :func:`gym_prefs.label_desk.combine`)
             and their agreement is logged as ``preferences/agreement``.
@@ -119,6 +126,8 @@ class PreferenceConfig:
     initial_label_timeout: float | None = None
     seed: int | None = None
     labels_per_query: int = 1
+    exploration_bonus: float = 0.0
+    exploration_bonus_decay: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTION_METHODS:
@@ -139,6 +148,7 @@ class PreferenceConfig:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.initial_label_timeout is not None and not self.initial_label_timeout > 0:
             raise ValueError(f"initial_label_timeout must be positive or None, got {self.initial_label_timeout}")
+        self.exploration()  # checks the bonus and its decay
         # The schedule checks the budget, the fraction and the kind.
         LabelSchedule(self.total_labels, 1, self.initial_label_fraction, self.schedule, self.schedule_scale)
 
@@ -171,6 +181,16 @@ class PreferenceConfig:
         if initial:
             return self.initial_fit_epochs, self.initial_fit_steps
         return self.fit_epochs, self.fit_steps
+
+    def exploration(self) -> UncertaintyBonus | None:
+        """RUNE's bonus, or ``None`` when ``exploration_bonus`` is 0.
+
+        Example:
+            >>> PreferenceConfig(exploration_bonus=0.05).exploration()
+            UncertaintyBonus(scale=0.05, decay=1e-05)
+        """
+        bonus = UncertaintyBonus(self.exploration_bonus, self.exploration_bonus_decay)  # checks both
+        return bonus if bonus.scale > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as keyword arguments (for ``PreferenceCallback(**settings)``, a JSON log, ...)."""

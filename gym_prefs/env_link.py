@@ -32,8 +32,8 @@ class RewardWrappers(Protocol):
         """The reward model the wrappers hold now."""
         ...
 
-    def push(self, model: RewardEnsemble) -> None:
-        """Give every wrapper ``model``: shared in this process, a copy in worker processes."""
+    def push(self, model: RewardEnsemble, exploration_bonus: float = 0.0) -> None:
+        """Give every wrapper ``model`` (shared in this process, a copy in worker processes) and RUNE's β."""
         ...
 
     def enable_clips(self) -> ClipInfo:
@@ -61,8 +61,8 @@ class _VecWrapperLink:
     def current_model(self) -> RewardEnsemble:
         return self.wrapper.reward_model
 
-    def push(self, model: RewardEnsemble) -> None:
-        self.wrapper.set_reward_model(model)
+    def push(self, model: RewardEnsemble, exploration_bonus: float = 0.0) -> None:
+        self.wrapper.set_reward_model(model, exploration_bonus)
 
     def enable_clips(self) -> ClipInfo:
         return self.wrapper.enable_clips()
@@ -90,8 +90,8 @@ class _PerEnvLink:
         model: RewardEnsemble = self.venv.get_attr("reward_model", indices=[0])[0]
         return model
 
-    def push(self, model: RewardEnsemble) -> None:
-        self.venv.env_method("set_reward_model", model)
+    def push(self, model: RewardEnsemble, exploration_bonus: float = 0.0) -> None:
+        self.venv.env_method("set_reward_model", model, exploration_bonus)
 
     def enable_clips(self) -> ClipInfo:
         # An exception inside a SubprocVecEnv worker would end it with a bare EOFError here.

@@ -14,6 +14,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import safe_mean
 
 from gym_prefs.env_link import RewardWrappers
+from gym_prefs.exploration import UncertaintyBonus
 from gym_prefs.fitting import FitReport
 from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.sb3_internals import relabel_replay_buffer, report_true_return
@@ -37,12 +38,13 @@ class Publisher:
         store_path: the store, named in the error when saving fails.
         relabel: relabel an off-policy algorithm's replay buffer after every fit.
         timings: where the time spent is added up.
+        exploration: RUNE's bonus for the wrappers to pay beside r̂ (``None``: none).
 
     Example:
         >>> from gymnasium import spaces
         >>> model = RewardEnsemble(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), seed=0)
         >>> class NoWrappers:
-        ...     def push(self, model): pass
+        ...     def push(self, model, exploration_bonus=0.0): pass
         >>> publisher = Publisher(model, NoWrappers(), None, "p.db", relabel=False, timings=Timings())
         >>> publisher.fits
         0
@@ -56,8 +58,10 @@ class Publisher:
         store_path: Path | str,
         relabel: bool,
         timings: Timings,
+        exploration: UncertaintyBonus | None = None,
     ) -> None:
         self.model = model
+        self.exploration = exploration
         self.wrappers = wrappers
         self.save_to = save_to
         self.store_path = store_path
@@ -65,18 +69,24 @@ class Publisher:
         self.timings = timings
         self.fits = 0
         self.last_report: FitReport | None = None
+        self.bonus = 0.0  # the β the wrappers pay now
 
     def publish(self, state: dict[str, torch.Tensor], report: FitReport, algo: BaseAlgorithm) -> None:
         """Use the fitted ``state`` from now on (it is calibrated already: the trainer normalises it)."""
         self.fits += 1
         self.last_report = report
+        bonus = self.bonus = self.bonus_at(algo.num_timesteps) if self.exploration else 0.0
         with self.timings.measure("push"):
             self.model.load_state_dict(state)
-            self.wrappers.push(self.model)
+            self.wrappers.push(self.model, bonus)
             self._save()
         if self.relabel and isinstance(algo, OffPolicyAlgorithm):
             with self.timings.measure("relabel"):
-                relabel_replay_buffer(algo, self.model)
+                relabel_replay_buffer(algo, self.model, bonus)
+
+    def bonus_at(self, timestep: int) -> float:
+        """RUNE's β at ``timestep`` (0 without exploration): it decays from one fit to the next."""
+        return self.exploration.at(timestep) if self.exploration is not None else 0.0
 
     def _save(self) -> None:
         if self.save_to is None:
@@ -105,6 +115,8 @@ class Publisher:
         logger.record("reward_model/true_reward_corr", corr)
         logger.record("reward_model/fits", self.fits)
         logger.record("reward_model/fit_steps", report.steps)
+        if self.exploration is not None:
+            logger.record("reward_model/exploration_bonus", self.bonus)
         if verbose:
             corr_text = "" if np.isnan(corr) else f", corr with true reward {corr:.2f}"
             print(

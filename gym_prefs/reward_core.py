@@ -160,7 +160,10 @@ class RewardCore:
     - writes the env's reward to ``info[TRUE_REWARD_KEY]`` and, where an episode ends (``done``,
       or an end hidden from the agent and marked by ``info[EPISODE_ENDED_KEY]``), the episode's
       returns to ``info[EPISODE_RETURNS_KEY]``; segments are never cut across an episode end,
-    - refuses observations holding NaN or infinity.
+    - refuses observations holding NaN or infinity,
+    - adds :attr:`exploration_bonus` times the members' standard deviation to each reward it
+      returns (RUNE, :mod:`gym_prefs.exploration`; 0 unless the callback turns it on); what it
+      records and reports as the learned return stays r̂ alone.
 
     Args:
         observation_space: what the reward model reads, one env's observation.
@@ -205,6 +208,7 @@ class RewardCore:
         self._last_clips: np.ndarray | None = None
         self._last_obs: np.ndarray | None = None  # [n_envs, ...]: what the next actions are taken on
         self.inference_seconds = 0.0  # time spent predicting rewards (for benchmarks)
+        self.exploration_bonus = 0.0  # β of RUNE's bonus: β · std over members is added to r̂
         self._tally = EpisodeTally(n_envs)
 
     @property
@@ -255,7 +259,9 @@ class RewardCore:
         self.recorder.add(self._last_obs, actions, true_rewards, learned, self._last_clips, members.T)
         if self._capture is not None:
             self._last_clips = self._capture()
-        self._tally.add(true_rewards, learned)
+        self._tally.add(true_rewards, learned)  # r̂ alone: the bonus is paid, not learned
+        if self.exploration_bonus and self.reward_model.is_fitted:  # unfitted members are NaN
+            learned = learned + np.float32(self.exploration_bonus) * members.std(axis=0)
         ends = np.array(dones, dtype=bool)
         for i, (info, true_reward) in enumerate(zip(infos, true_rewards.tolist(), strict=True)):
             info[TRUE_REWARD_KEY] = true_reward
@@ -268,8 +274,14 @@ class RewardCore:
         self._last_obs = obs
         return learned
 
-    def set_reward_model(self, reward_model: RewardEnsemble) -> None:
-        """Use ``reward_model`` from now on (called by the callback after each refit)."""
+    def set_reward_model(self, reward_model: RewardEnsemble, exploration_bonus: float | None = None) -> None:
+        """Use ``reward_model`` from now on (called by the callback after each refit).
+
+        ``exploration_bonus``: the weight β of the members' disagreement added to each reward
+        (:mod:`gym_prefs.exploration`); ``None`` keeps the current one.
+        """
+        if exploration_bonus is not None:
+            self.exploration_bonus = float(exploration_bonus)
         check_model_spaces(reward_model, self.observation_space, self.action_space)
         if reward_model.n_members != self.recorder.members:  # the recorded members' rewards change shape
             self.recorder = self._new_recorder(self.clip_info, reward_model.n_members)

@@ -171,7 +171,9 @@ class RunParts:
             owns_store=store is not store_spec,
             labelling=LabellingSide(source, store, comparisons, timings),
             fitter=fitter,
-            publisher=Publisher(model, wrappers, save_to, store.path, config.relabel_replay_buffer, timings),
+            publisher=Publisher(
+                model, wrappers, save_to, store.path, config.relabel_replay_buffer, timings, config.exploration()
+            ),
             pool=pool,
             pool_env=venv,
         )
@@ -185,7 +187,7 @@ class RunParts:
         self.wrappers = self.publisher.wrappers = link_reward_wrappers(venv)
         obs_space, act_space = self.wrappers.spaces()
         check_model_spaces(self.model, obs_space, act_space)
-        self.wrappers.push(self.model)
+        self.wrappers.push(self.model, self.publisher.bonus_at(algo.num_timesteps))
         if self.pool_env is not venv:
             self.pool = _pool_for(venv, self.wrappers, self.store, config, source, self.model)
             self.pool_env = venv

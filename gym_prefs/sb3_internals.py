@@ -92,11 +92,13 @@ def check_relabelable(algo: OffPolicyAlgorithm, model: RewardEnsemble) -> None:
         )
 
 
-def relabel_replay_buffer(algo: OffPolicyAlgorithm, model: RewardEnsemble) -> int:
+def relabel_replay_buffer(algo: OffPolicyAlgorithm, model: RewardEnsemble, exploration_bonus: float = 0.0) -> int:
     """Overwrite every reward in ``algo``'s replay buffer with ``model``'s r̂(o, a).
 
     Off-policy algorithms learn from old transitions whose rewards came from an older reward
     model; :class:`~gym_prefs.PreferenceCallback` calls this after every refit (as PEBBLE does).
+    ``exploration_bonus`` adds RUNE's β times the members' standard deviation, as the wrappers
+    pay it (:mod:`gym_prefs.exploration`).
 
     Returns:
         The number of transitions (rows times envs) relabelled.
@@ -121,5 +123,9 @@ def relabel_replay_buffer(algo: OffPolicyAlgorithm, model: RewardEnsemble) -> in
         if isinstance(algo.action_space, spaces.Box):
             actions = algo.policy.unscale_action(actions)
         actions = actions.reshape(stop - start, buffer.n_envs, *shape_of(algo.action_space))
-        buffer.rewards[start:stop] = model.predict(buffer.observations[start:stop], actions)
+        if exploration_bonus and model.is_fitted:
+            rewards, members = model.predict_with_members(buffer.observations[start:stop], actions)
+            buffer.rewards[start:stop] = rewards + exploration_bonus * members.std(axis=0)
+        else:
+            buffer.rewards[start:stop] = model.predict(buffer.observations[start:stop], actions)
     return size * buffer.n_envs

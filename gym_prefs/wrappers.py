@@ -81,9 +81,13 @@ class _RewardCoreShell:
         """How clip data is recorded, or ``None`` while none is (nobody labels by sight)."""
         return self._core.clip_info
 
-    def set_reward_model(self, reward_model: RewardEnsemble) -> None:
-        """Use ``reward_model`` from now on (called by the callback after each refit)."""
-        self._core.set_reward_model(reward_model)
+    def set_reward_model(self, reward_model: RewardEnsemble, exploration_bonus: float | None = None) -> None:
+        """Use ``reward_model`` from now on (called by the callback after each refit).
+
+        ``exploration_bonus``: RUNE's weight of the members' disagreement added to each reward
+        (see :mod:`gym_prefs.exploration`); ``None`` keeps the current one (0 at first).
+        """
+        self._core.set_reward_model(reward_model, exploration_bonus)
 
     def pop_transitions(self) -> TransitionBatch:
         """Hand over (and forget) the steps recorded since the last call."""

@@ -130,3 +130,14 @@ def test_ale_vector_is_refused_where_a_person_labels_or_the_env_is_not_atari(tmp
         assert cli(["train", *args, "--ale-vector", "--out", str(out)]) == 2
         assert "--ale-vector runs Atari games for the oracle" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_bad_settings_are_refused_before_a_run_folder_is_made(tmp_path, capsys):
+    out = tmp_path / "run"
+    for args, message in (
+        (["--exploration-bonus", "-1"], "exploration_bonus must be 0 or more"),
+        (["--segment-length", "0"], "segment_length must be positive"),
+    ):
+        assert cli(["train", "Pendulum-v1", *args, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()

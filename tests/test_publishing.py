@@ -63,7 +63,7 @@ def test_saving_on_a_full_disk_says_every_label_is_safe(tmp_path, monkeypatch):
     model = RewardEnsemble(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), seed=0)
 
     class NoWrappers:
-        def push(self, model):
+        def push(self, model, exploration_bonus=0.0):
             pass
 
     def full_disk(path):
@@ -82,7 +82,7 @@ def test_logs_hold_the_fit_and_how_r_hat_follows_the_true_reward():
     logger = RecordingLogger()
 
     class NoWrappers:
-        def push(self, model):
+        def push(self, model, exploration_bonus=0.0):
             pass
 
     publisher = Publisher(model, NoWrappers(), None, "p.db", relabel=False, timings=Timings())
