@@ -86,6 +86,14 @@ class PreferenceConfig:
             :mod:`gym_prefs.exploration`.
         exploration_bonus_decay: RUNE's ρ: β_t = β_0 (1 − ρ)^t over timesteps t, applied at each
             refit.
+        crop_steps: SURF's temporal cropping (Park et al. 2022): each labelled pair is trained
+            on crops of one random length in ``[L - crop_steps, L]`` of its two segments; 0
+            (default) trains on whole segments. See :mod:`gym_prefs.semi_supervised`.
+        pseudo_label_threshold: SURF's τ: the reward model trains as well on unlabelled pairs
+            whose predicted preference is more confident than this (SURF: 0.99 or so), labelled
+            with the ensemble's preferred side; ``None`` (default) turns it off.
+        unlabelled_ratio: SURF's μ: unlabelled pairs per labelled pair in each minibatch (each
+            gradient step then costs about ``1 + μ`` times as much).
         labels_per_query: how many different people answer each query on the labelling page
             (``"web"``); their answers are combined into one (see :func:`gym_prefs.label_desk.combine`)
             and their agreement is logged as ``preferences/agreement``.
@@ -128,6 +136,9 @@ class PreferenceConfig:
     labels_per_query: int = 1
     exploration_bonus: float = 0.0
     exploration_bonus_decay: float = 1e-5
+    crop_steps: int = 0
+    pseudo_label_threshold: float | None = None
+    unlabelled_ratio: int = 4
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTION_METHODS:
@@ -149,6 +160,15 @@ class PreferenceConfig:
         if self.initial_label_timeout is not None and not self.initial_label_timeout > 0:
             raise ValueError(f"initial_label_timeout must be positive or None, got {self.initial_label_timeout}")
         self.exploration()  # checks the bonus and its decay
+        if self.pseudo_label_threshold is not None and not 0.5 <= self.pseudo_label_threshold < 1:
+            raise ValueError(f"pseudo_label_threshold must be in [0.5, 1) or None, got {self.pseudo_label_threshold}")
+        if self.crop_steps < 0 or self.unlabelled_ratio < 1:
+            raise ValueError(
+                f"crop_steps must be 0 or more and unlabelled_ratio positive, got {self.crop_steps}, "
+                f"{self.unlabelled_ratio}"
+            )
+        if self.segment_length is not None and self.crop_steps >= self.segment_length:
+            raise ValueError(f"crop_steps ({self.crop_steps}) must be less than segment_length ({self.segment_length})")
         # The schedule checks the budget, the fraction and the kind.
         LabelSchedule(self.total_labels, 1, self.initial_label_fraction, self.schedule, self.schedule_scale)
 
@@ -191,6 +211,17 @@ class PreferenceConfig:
         """
         bonus = UncertaintyBonus(self.exploration_bonus, self.exploration_bonus_decay)  # checks both
         return bonus if bonus.scale > 0 else None
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """The :class:`~gym_prefs.RewardTrainer` arguments these settings give."""
+        return {
+            "lr": self.learning_rate,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "crop": self.crop_steps,
+            "pseudo_label_threshold": self.pseudo_label_threshold,
+            "unlabelled_ratio": self.unlabelled_ratio,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as keyword arguments (for ``PreferenceCallback(**settings)``, a JSON log, ...)."""

@@ -13,6 +13,7 @@ import torch
 from gym_prefs.comparisons import Comparisons
 from gym_prefs.networks import ModuleEnsemble
 from gym_prefs.reward_model import RewardEnsemble
+from gym_prefs.semi_supervised import crop_pairs, pseudo_labels, unlabelled_pairs
 
 #: Labelled steps each fit normalises the ensemble on (frames cost a CNN pass each: fewer).
 CALIBRATION_STEPS = 10_000
@@ -41,6 +42,8 @@ class FitReport:
         epochs: epochs run (the last one cut short when ``steps`` reached the fit's cap).
         pairs: labelled pairs available.
         steps: gradient steps (minibatches) taken.
+        pseudo_labelled: with pseudo-labels on, the share of unlabelled pairs confident
+            enough to get one in the last epoch (``None`` when off).
 
     Example:
         >>> report = FitReport(0.4, 0.5, 0.9, 1e-4, epochs=5, pairs=200)
@@ -55,6 +58,7 @@ class FitReport:
     epochs: int
     pairs: int
     steps: int = 0
+    pseudo_labelled: float | None = None
 
 
 class RewardTrainer:
@@ -66,7 +70,8 @@ class RewardTrainer:
     - every member trains on its own bootstrap sample of the training pairs;
     - ``val_fraction`` (1/e) of the pairs are held out, and each member's L2 coefficient is
       raised when its validation loss exceeds 1.5x its training loss and lowered below 1.1x;
-    - whole minibatches of segments go through the ensemble in one forward pass.
+    - whole minibatches of segments go through the ensemble in one forward pass;
+    - optionally SURF's temporal cropping and pseudo-labels (:mod:`gym_prefs.semi_supervised`).
 
     The optimiser state and L2 coefficients carry over between calls of :meth:`fit`, so
     periodic refits continue training rather than start again.
@@ -80,6 +85,12 @@ class RewardTrainer:
         l2: initial L2 coefficient.
         l2_bounds: lower and upper validation/training loss ratio targets.
         seed: seed for bootstrap samples and minibatch order.
+        crop: SURF's temporal cropping: train each labelled (and pseudo-labelled) pair on crops
+            of one random length in ``[L - crop, L]`` (0: whole segments).
+        pseudo_label_threshold: SURF's τ: train as well on unlabelled pairs (the segments of
+            different labelled pairs) whose predicted preference is more confident than this,
+            labelled with the ensemble's preferred side (``None``: off).
+        unlabelled_ratio: SURF's μ: unlabelled pairs per labelled pair in each minibatch.
 
     Example:
         >>> from gymnasium import spaces
@@ -105,7 +116,17 @@ class RewardTrainer:
         l2: float = 1e-4,
         l2_bounds: tuple[float, float] = (1.1, 1.5),
         seed: int | None = None,
+        crop: int = 0,
+        pseudo_label_threshold: float | None = None,
+        unlabelled_ratio: int = 4,
     ) -> None:
+        if pseudo_label_threshold is not None and not 0.5 <= pseudo_label_threshold < 1:
+            raise ValueError(f"pseudo_label_threshold must be in [0.5, 1) or None, got {pseudo_label_threshold}")
+        if crop < 0 or unlabelled_ratio < 1:
+            raise ValueError(f"crop must be 0 or more and unlabelled_ratio positive, got {crop}, {unlabelled_ratio}")
+        self.crop = crop
+        self.pseudo_label_threshold = pseudo_label_threshold
+        self.unlabelled_ratio = unlabelled_ratio
         self.model = model
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -154,8 +175,11 @@ class RewardTrainer:
         rewards = self.model.raw_members(flat_obs, flat_act)
         return rewards.reshape(n, batch, 2, length).sum(-1)
 
-    def _loss(self, returns: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """Per-member mean cross-entropy ``[n]`` for returns ``[n, B, 2]`` and labels ``[n, B]``."""
+    def _loss(self, returns: torch.Tensor, mu: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-member mean cross-entropy ``[n]`` for returns ``[n, B, 2]`` and labels ``[n, B]``.
+
+        ``weights`` ``[B]`` (0 or 1) leave pairs out of the sum; the mean is still over all ``B``.
+        """
         logits = returns[..., 0] - returns[..., 1]
         eps = self.random_response
         # log P' for each side, computed stably: P' = (1 - eps) * sigmoid(x) + eps / 2.
@@ -165,7 +189,8 @@ class RewardTrainer:
         log_p_second = torch.logaddexp(
             math.log(1 - eps) + torch.nn.functional.logsigmoid(-logits), torch.tensor(math.log(eps / 2))
         )
-        return -(mu * log_p_first + (1 - mu) * log_p_second).mean(dim=1)
+        losses = -(mu * log_p_first + (1 - mu) * log_p_second)
+        return (losses if weights is None else losses * weights).mean(dim=1)
 
     def _l2_penalty(self) -> torch.Tensor:
         """Per-member sum of squared weights ``[n]`` (member axis first in every stacked weight)."""
@@ -257,18 +282,25 @@ class RewardTrainer:
                 boot, self.rng.permuted(np.tile(np.arange(boot.shape[1]), (n, 1)), axis=1), axis=1
             )
             epoch_loss = torch.zeros(n, device=model.device)
+            confident: list[float] = []
             batches = max(1, boot.shape[1] // batch)
             if max_steps is not None:
                 batches = min(batches, max_steps - taken)
             taken += batches
             for b in range(batches):
                 rows = order[:, b * batch : (b + 1) * batch]  # [n, batch]
-                returns = self._segment_returns(data.obs[rows], data.actions[rows])
+                returns = self._segment_returns(*self._cropped(data.obs[rows], data.actions[rows]))
                 mu = torch.as_tensor(data.mu[rows], device=model.device)
                 loss = self._loss(returns, mu)
-                penalty = self.l2 * self._l2_penalty()
+                objective = loss + self.l2 * self._l2_penalty()
+                if self.pseudo_label_threshold is not None and len(train_rows) >= 2:
+                    unlabelled_loss, share = self._pseudo_label_loss(
+                        data, train_rows, batch, self.pseudo_label_threshold
+                    )
+                    objective = objective + unlabelled_loss
+                    confident.append(share)
                 self.optimizer.zero_grad(set_to_none=True)
-                (loss + penalty).sum().backward()
+                objective.sum().backward()
                 self.optimizer.step()
                 epoch_loss += loss.detach()
             train_loss = (epoch_loss / batches).cpu().numpy()
@@ -292,7 +324,38 @@ class RewardTrainer:
             epochs=epochs_run,
             pairs=len(data),
             steps=taken,
+            pseudo_labelled=float(np.mean(confident)) if confident else None,
         )
+
+    def _cropped(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[n, B, 2, L, ...]`` pairs cut to SURF's random crops (as they are without ``crop``)."""
+        if not self.crop:
+            return obs, actions
+        lead = obs.shape[:2]
+        obs, actions = crop_pairs(
+            obs.reshape(-1, *obs.shape[2:]), actions.reshape(-1, *actions.shape[2:]), self.crop, self.rng
+        )
+        return obs.reshape(*lead, *obs.shape[1:]), actions.reshape(*lead, *actions.shape[1:])
+
+    def _pseudo_label_loss(
+        self, data: Comparisons, train_rows: np.ndarray, batch: int, threshold: float
+    ) -> tuple[torch.Tensor, float]:
+        """Per-member loss ``[n]`` on unlabelled pairs the ensemble is confident about, and their share.
+
+        Every member reads the same unlabelled pairs; the label is the members' mean preference,
+        so no member teaches itself alone.
+        """
+        n = self.model.n_members
+        pair_rows, sides = unlabelled_pairs(train_rows, self.unlabelled_ratio * batch, self.rng)
+        obs, actions = data.obs[pair_rows, sides], data.actions[pair_rows, sides]  # [U, 2, L, ...]
+        obs, actions = self._cropped(obs[None], actions[None])
+        shared = (n, *obs.shape[1:]), (n, *actions.shape[1:])
+        returns = self._segment_returns(np.broadcast_to(obs, shared[0]), np.broadcast_to(actions, shared[1]))
+        with torch.no_grad():
+            prob_first = torch.sigmoid(returns[..., 0] - returns[..., 1]).mean(0)
+            labels, mask = pseudo_labels(prob_first, threshold)
+        loss = self._loss(returns, labels.expand(n, -1), mask.to(returns.dtype))
+        return loss, float(mask.float().mean())
 
     def _adapt_l2(self, ratio: np.ndarray) -> None:
         low, high = self.l2_bounds

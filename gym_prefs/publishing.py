@@ -117,6 +117,8 @@ class Publisher:
         logger.record("reward_model/fit_steps", report.steps)
         if self.exploration is not None:
             logger.record("reward_model/exploration_bonus", self.bonus)
+        if report.pseudo_labelled is not None:
+            logger.record("reward_model/pseudo_labelled", report.pseudo_labelled)
         if verbose:
             corr_text = "" if np.isnan(corr) else f", corr with true reward {corr:.2f}"
             print(

@@ -150,15 +150,16 @@ class RunParts:
         obs_space, act_space = wrappers.spaces()
         model = build_reward_model(config.reward_model, wrappers.current_model(), obs_space, act_space, config.seed)
         segment_length = config.segment_length or segment_length_from_dt(venv)
+        if config.crop_steps >= segment_length:
+            raise ValueError(f"crop_steps ({config.crop_steps}) must be less than the segments' {segment_length} steps")
         comparisons = Comparisons(obs_space, act_space, segment_length, config.max_comparisons)
         name = env_id(venv)
         store = open_run_store(store_spec, default_store_path(logger, name), obs_space, act_space, segment_length, name)
         for labelled in store.labelled_pair_chunks(last=config.max_comparisons):
             comparisons.add_labelled(labelled)  # a chunk at a time: stacked frames are held once
         store.set_meta(LABELS_PER_QUERY, str(config.labels_per_query))
-        trainer_kwargs = {"lr": config.learning_rate, "batch_size": config.batch_size, "seed": config.seed}
         fitter = make_fitter(
-            config.fitting, model, trainer_kwargs, segment_length, config.max_comparisons, timings, store.path
+            config.fitting, model, config.trainer_kwargs(), segment_length, config.max_comparisons, timings, store.path
         )
         save_to = store.path.with_suffix(".reward_model.pt")
         pool = _pool_for(venv, wrappers, store, config, source, model)
