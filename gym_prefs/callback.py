@@ -114,6 +114,8 @@ class PreferenceCallback(BaseCallback):
         self.schedule = self.config.label_schedule(horizon=1)  # until learn() says how long it runs
         self._parts: RunParts | None = None  # built at the first learn(), then kept
         self._interval = self._next_update = 0
+        self._exploring = False  # PEBBLE's pre-training runs (exploration_steps)
+        self._labels_from = 0  # the timestep the label schedule counts from (after exploring)
 
     @property
     def parts(self) -> RunParts:
@@ -177,15 +179,27 @@ class PreferenceCallback(BaseCallback):
     def _on_training_start(self) -> None:
         cfg = self.config
         horizon = learn_horizon(self.model, self.locals.get("total_timesteps", 1))
+        self.parts.check_something_to_learn(cfg.total_labels)
+        fresh = self.num_fits == 0 and self.num_queries == 0 and not len(self.parts.comparisons)
+        if cfg.exploration_steps and fresh and self.num_timesteps < cfg.exploration_steps:
+            # PEBBLE: RL first learns to reach new states; labels and the schedule start after.
+            self._exploring = True
+            self.parts.wrappers.explore(True)
+            horizon = max(1, horizon - (cfg.exploration_steps - self.num_timesteps))
         self.schedule = cfg.label_schedule(horizon)
         self._interval = cfg.refit_interval or max(1, horizon // 50)
         self._next_update = self.num_timesteps + self._interval
-        parts = self.parts
-        parts.check_something_to_learn(cfg.total_labels)
+        if not self._exploring:
+            self._first_fit()
+
+    def _first_fit(self) -> None:
+        """Ask the initial share of labels, wait for them and fit on them (before RL, or after exploring)."""
+        cfg, parts = self.config, self.parts
         if self.num_queries < self.schedule.initial:
             count = self.schedule.initial - self.num_queries
-            with self.timings.measure("initial_rollout"):
-                _roll_out_initial_policy(self.model, parts, count, cfg.initial_steps)
+            if parts.pool.num_segments(parts.segment_length) < 2 * count:  # exploring may have made enough
+                with self.timings.measure("initial_rollout"):
+                    _roll_out_initial_policy(self.model, parts, count, cfg.initial_steps)
             self._ask(count, required=True)
         elif not (self.num_fits == 0 and (parts.labelling.num_pending or len(parts.comparisons))):
             return
@@ -194,7 +208,18 @@ class PreferenceCallback(BaseCallback):
         self.parts.start_fit(*cfg.fit_length(initial=True))
         self._apply_fit()
 
+    def _end_exploration(self) -> None:
+        """Back to r̂ after PEBBLE's pre-training: the first labels come from the segments it reached."""
+        self._exploring = False
+        self.parts.wrappers.explore(False)
+        self.parts.drain()
+        self._labels_from = self.num_timesteps
+        self._next_update = self.num_timesteps + self._interval
+        self._first_fit()
+
     def _on_training_end(self) -> None:
+        if self._exploring:  # the whole run explored: still leave labels and a model
+            self._end_exploration()
         # Use the rest of the budget due by now, and leave a model fitted on every label.
         self._update()
         self._apply_fit()
@@ -214,6 +239,11 @@ class PreferenceCallback(BaseCallback):
         return True
 
     def _on_rollout_start(self) -> None:
+        if self._exploring:
+            self.parts.drain()  # keep the newest states reached: the first segments come from them
+            if self.num_timesteps >= self.config.exploration_steps:
+                self._end_exploration()
+            return
         if self.num_timesteps < self._next_update:
             return
         while self._next_update <= self.num_timesteps:
@@ -227,7 +257,8 @@ class PreferenceCallback(BaseCallback):
         """Ask for the labels now due, collect answers, apply the last fit, start the next."""
         with self.timings.measure("bookkeeping"):
             self.parts.drain()
-        due = min(self.schedule.due(self.num_timesteps), self.config.total_labels) - self.num_queries
+        due = min(self.schedule.due(self.num_timesteps - self._labels_from), self.config.total_labels)
+        due -= self.num_queries
         if due > 0:
             self._ask(due)
         self.parts.labelling.collect(timeout=0.0)

@@ -114,6 +114,12 @@ def add_train_arguments(train: argparse.ArgumentParser) -> None:
         help="RUNE: pay the agent this times the ensemble's disagreement on top of r̂, decaying (default: 0, off)",
     )
     train.add_argument(
+        "--exploration-steps",
+        type=int,
+        default=0,
+        help="PEBBLE: first train this many steps to reach new states, then ask the first labels (default: 0)",
+    )
+    train.add_argument(
         "--eval-episodes",
         type=int,
         default=None,
@@ -179,7 +185,11 @@ def train(args: argparse.Namespace) -> int:
         return 2
     try:  # settings are checked before anything is made
         config = preset.config.replace(
-            total_labels=args.labels, selection=args.selection, seed=args.seed, exploration_bonus=args.exploration_bonus
+            total_labels=args.labels,
+            selection=args.selection,
+            seed=args.seed,
+            exploration_bonus=args.exploration_bonus,
+            exploration_steps=args.exploration_steps,
         )
         if args.segment_length is not None:
             config = config.replace(segment_length=args.segment_length)

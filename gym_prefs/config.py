@@ -86,6 +86,13 @@ class PreferenceConfig:
             :mod:`gym_prefs.exploration`.
         exploration_bonus_decay: RUNE's ρ: β_t = β_0 (1 − ρ)^t over timesteps t, applied at each
             refit.
+        exploration_steps: PEBBLE's unsupervised pre-training (Lee et al. 2021): for this many
+            timesteps at the start of a fresh run, RL is paid a state-entropy reward (how far
+            each state lies from its neighbours among the newest 10,000) instead of r̂, and no
+            label is asked; then the initial labels are asked about segments of the states it
+            reached, and RL goes on from the policy it learned (as in PEBBLE; an off-policy
+            replay buffer is relabelled with r̂). The label schedule then runs over the rest of
+            the run. 0 (default): none.
         crop_steps: SURF's temporal cropping (Park et al. 2022): each labelled pair is trained
             on crops of one random length in ``[L - crop_steps, L]`` of its two segments; 0
             (default) trains on whole segments. See :mod:`gym_prefs.semi_supervised`.
@@ -136,6 +143,7 @@ class PreferenceConfig:
     labels_per_query: int = 1
     exploration_bonus: float = 0.0
     exploration_bonus_decay: float = 1e-5
+    exploration_steps: int = 0
     crop_steps: int = 0
     pseudo_label_threshold: float | None = None
     unlabelled_ratio: int = 4
@@ -162,6 +170,8 @@ class PreferenceConfig:
         self.exploration()  # checks the bonus and its decay
         if self.pseudo_label_threshold is not None and not 0.5 <= self.pseudo_label_threshold < 1:
             raise ValueError(f"pseudo_label_threshold must be in [0.5, 1) or None, got {self.pseudo_label_threshold}")
+        if self.exploration_steps < 0:
+            raise ValueError(f"exploration_steps must be 0 or more, got {self.exploration_steps}")
         if self.crop_steps < 0 or self.unlabelled_ratio < 1:
             raise ValueError(
                 f"crop_steps must be 0 or more and unlabelled_ratio positive, got {self.crop_steps}, "

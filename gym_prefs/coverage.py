@@ -16,10 +16,41 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["STEP_FEATURES", "AskedPairs", "PairFeatures", "kcenter_greedy"]
+__all__ = ["STEP_FEATURES", "AskedPairs", "PairFeatures", "StepFeatures", "kcenter_greedy"]
 
 #: Numbers that describe one step of a segment; wider observations are projected to this many.
 STEP_FEATURES = 64
+
+
+class StepFeatures:
+    """Describes single observations by at most :data:`STEP_FEATURES` numbers.
+
+    Observations that wide or narrower are kept as they are; wider ones are projected onto
+    that many fixed random directions.
+
+    Args:
+        obs_size: numbers in one observation.
+        seed: seed of the fixed random projection.
+
+    Example:
+        >>> StepFeatures(3).size, StepFeatures(84 * 84 * 4).size
+        (3, 64)
+    """
+
+    def __init__(self, obs_size: int, seed: int = 0) -> None:
+        self.obs_size = obs_size
+        self.size = min(obs_size, STEP_FEATURES)
+        self.projection: np.ndarray | None = None
+        if obs_size > STEP_FEATURES:
+            rng = np.random.default_rng(seed)
+            # Scaled so that a projected distance estimates the original one.
+            scale = np.float32(1 / np.sqrt(STEP_FEATURES))
+            self.projection = rng.standard_normal((obs_size, STEP_FEATURES), dtype=np.float32) * scale
+
+    def __call__(self, steps: np.ndarray) -> np.ndarray:
+        """``[m, obs_size]`` observations -> ``[m, size]`` float32."""
+        steps = steps.astype(np.float32)
+        return steps if self.projection is None else steps @ self.projection
 
 
 class PairFeatures:
@@ -36,22 +67,11 @@ class PairFeatures:
     """
 
     def __init__(self, obs_size: int, seed: int = 0) -> None:
-        self.obs_size = obs_size
-        self.projection: np.ndarray | None = None
-        if obs_size > STEP_FEATURES:
-            rng = np.random.default_rng(seed)
-            # Scaled so that a projected distance estimates the original one.
-            self.projection = (rng.standard_normal((obs_size, STEP_FEATURES)) / np.sqrt(STEP_FEATURES)).astype(
-                np.float32
-            )
+        self.steps = StepFeatures(obs_size, seed)
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         """``[pairs, 2, length, *obs_shape]`` observations -> ``[pairs, features]`` float32."""
-        pairs = len(obs)
-        steps = obs.reshape(-1, self.obs_size).astype(np.float32)
-        if self.projection is not None:
-            steps = steps @ self.projection
-        return steps.reshape(pairs, -1)
+        return self.steps(obs.reshape(-1, self.steps.obs_size)).reshape(len(obs), -1)
 
 
 class AskedPairs:

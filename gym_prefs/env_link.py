@@ -40,6 +40,10 @@ class RewardWrappers(Protocol):
         """Have every wrapper record what a person is shown too."""
         ...
 
+    def explore(self, on: bool) -> None:
+        """Have every wrapper pay PEBBLE's state-entropy reward instead of r̂ (``on``), or r̂ again."""
+        ...
+
     def drain(self) -> list[tuple[int, TransitionBatch]]:
         """New steps of every env, as ``(first env index, batch)`` pieces."""
         ...
@@ -67,6 +71,9 @@ class _VecWrapperLink:
     def enable_clips(self) -> ClipInfo:
         return self.wrapper.enable_clips()
 
+    def explore(self, on: bool) -> None:
+        self.wrapper.set_exploration(on)
+
     def drain(self) -> list[tuple[int, TransitionBatch]]:
         return [(0, self.wrapper.pop_transitions())]
 
@@ -92,6 +99,9 @@ class _PerEnvLink:
 
     def push(self, model: RewardEnsemble, exploration_bonus: float = 0.0) -> None:
         self.venv.env_method("set_reward_model", model, exploration_bonus)
+
+    def explore(self, on: bool) -> None:
+        self.venv.env_method("set_exploration", on)
 
     def enable_clips(self) -> ClipInfo:
         # An exception inside a SubprocVecEnv worker would end it with a bare EOFError here.

@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from gym_prefs.clips import ClipInfo
+from gym_prefs.exploration import StateEntropyReward
 from gym_prefs.reward_model import RewardEnsemble
 from gym_prefs.segments import TransitionBatch, TransitionRecorder, steps_for_bytes
 from gym_prefs.spaces import check_space, spaces_match
@@ -161,6 +162,7 @@ class RewardCore:
       or an end hidden from the agent and marked by ``info[EPISODE_ENDED_KEY]``), the episode's
       returns to ``info[EPISODE_RETURNS_KEY]``; segments are never cut across an episode end,
     - refuses observations holding NaN or infinity,
+    - pays PEBBLE's state-entropy reward instead of r̂ while :meth:`explore` is on,
     - adds :attr:`exploration_bonus` times the members' standard deviation to each reward it
       returns (RUNE, :mod:`gym_prefs.exploration`; 0 unless the callback turns it on); what it
       records and reports as the learned return stays r̂ alone.
@@ -209,6 +211,7 @@ class RewardCore:
         self._last_obs: np.ndarray | None = None  # [n_envs, ...]: what the next actions are taken on
         self.inference_seconds = 0.0  # time spent predicting rewards (for benchmarks)
         self.exploration_bonus = 0.0  # β of RUNE's bonus: β · std over members is added to r̂
+        self.state_entropy: StateEntropyReward | None = None  # PEBBLE's pre-training reward, when on
         self._tally = EpisodeTally(n_envs)
 
     @property
@@ -260,8 +263,11 @@ class RewardCore:
         if self._capture is not None:
             self._last_clips = self._capture()
         self._tally.add(true_rewards, learned)  # r̂ alone: the bonus is paid, not learned
-        if self.exploration_bonus and self.reward_model.is_fitted:  # unfitted members are NaN
-            learned = learned + np.float32(self.exploration_bonus) * members.std(axis=0)
+        paid = learned
+        if self.state_entropy is not None:  # unsupervised pre-training: novelty of the state acted in
+            paid = self.state_entropy(self._last_obs)
+        elif self.exploration_bonus and self.reward_model.is_fitted:  # unfitted members are NaN
+            paid = learned + np.float32(self.exploration_bonus) * members.std(axis=0)
         ends = np.array(dones, dtype=bool)
         for i, (info, true_reward) in enumerate(zip(infos, true_rewards.tolist(), strict=True)):
             info[TRUE_REWARD_KEY] = true_reward
@@ -272,7 +278,14 @@ class RewardCore:
                 infos[i][EPISODE_RETURNS_KEY] = returns
             self.recorder.end_episodes(ends)
         self._last_obs = obs
-        return learned
+        return paid
+
+    def explore(self, on: bool) -> None:
+        """Pay PEBBLE's state-entropy reward instead of r̂ (``on``), or r̂ again; see :mod:`gym_prefs.exploration`."""
+        if not on:
+            self.state_entropy = None
+        elif self.state_entropy is None:
+            self.state_entropy = StateEntropyReward(int(np.prod(self.observation_space.shape or (1,))))
 
     def set_reward_model(self, reward_model: RewardEnsemble, exploration_bonus: float | None = None) -> None:
         """Use ``reward_model`` from now on (called by the callback after each refit).

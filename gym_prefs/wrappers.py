@@ -93,6 +93,10 @@ class _RewardCoreShell:
         """Hand over (and forget) the steps recorded since the last call."""
         return self._core.pop_transitions()
 
+    def set_exploration(self, on: bool) -> None:
+        """Pay PEBBLE's state-entropy reward instead of r̂ (before the first labels), or stop."""
+        self._core.explore(on)
+
 
 class LearnedReward(_RewardCoreShell, gym.Wrapper[Any, Any, Any, Any], gym.utils.RecordConstructorArgs):
     """Hides the env's reward from the agent and returns the learned reward r̂(o, a) instead.
