@@ -9,6 +9,13 @@ deterministic policy, fresh seeds). A run whose result file exists is not run ag
 
     python benchmarks/labels.py --labels 50 100 200 400 --seeds 0 1 2 --out bench-labels/
     python benchmarks/labels.py --labels 200 --teachers mistake equal skip myopic stoc --out bench-labels/
+
+``--methods`` adds runs at ``--compare-at`` labels with the label-efficient methods that followed
+the paper (:data:`METHODS`; ``+`` combines them, e.g. ``pebble+surf``), each against the same
+disagreement-selection baseline:
+
+    python benchmarks/labels.py --labels 200 --teachers --methods entropy kcenter_entropy pebble rune surf \
+        --seeds 0 1 2 3 4 5 6 7 8 9 --out bench-methods/
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import run_parallel, write_json
+from common import bootstrap_interval, interquartile_mean, run_parallel, write_json
 
 ENV_ID = "Pendulum-v1"
 STEPS = 40_000
@@ -35,6 +42,23 @@ TEACHERS = {
     "myopic": {"gamma": 0.9},
     "stoc": {"beta": 0.1},
 }
+#: The label-efficient methods as PreferenceCallback settings (see the README's loop section).
+METHODS: dict[str, dict[str, object]] = {
+    "entropy": {"selection": "entropy"},
+    "kcenter_entropy": {"selection": "kcenter_entropy"},
+    "kcenter_disagreement": {"selection": "kcenter_disagreement"},
+    "pebble": {"exploration_steps": 8192},  # a fifth of the run: two of PPO's rollouts
+    "rune": {"exploration_bonus": 0.05},  # RUNE's β0
+    "surf": {"crop_steps": 5, "pseudo_label_threshold": 0.99},
+}
+
+
+def method_settings(name: str) -> dict[str, object]:
+    """The settings of ``"pebble+surf"``-style names (``"-"``: none)."""
+    settings: dict[str, object] = {}
+    for part in name.split("+"):
+        settings |= METHODS.get(part, {}) if part != "-" else {}
+    return settings
 
 
 def run_one(condition: str, seed: int, out: str) -> None:
@@ -50,11 +74,12 @@ def run_one(condition: str, seed: int, out: str) -> None:
     venv = make_vec_env(ENV_ID, n_envs=4, seed=seed)
     callback = None
     if condition != "true":
-        labels, selection, teacher_name = condition.split(":")
+        labels, selection, teacher_name, *method = condition.split(":")
         venv = gym_prefs.VecLearnedReward(venv)
         teacher = gym_prefs.SyntheticOracle(**TEACHERS[teacher_name], seed=seed)
+        settings = {"selection": selection, **method_settings(method[0] if method else "-")}
         callback = gym_prefs.PreferenceCallback(
-            teacher, total_labels=int(labels), selection=selection, store=f"{out}.db", seed=seed
+            teacher, total_labels=int(labels), store=f"{out}.db", seed=seed, **settings
         )
     model = PPO("MlpPolicy", venv, seed=seed, **algorithm_kwargs(ENV_ID, "ppo"))
     start = time.perf_counter()
@@ -68,7 +93,7 @@ def run_one(condition: str, seed: int, out: str) -> None:
 
 
 def summarise(out: Path) -> str:
-    results = [json.loads(p.read_text()) for p in (out / "runs").glob("*.json")]
+    results = sorted((json.loads(p.read_text()) for p in (out / "runs").glob("*.json")), key=lambda r: r["seed"])
     by: dict[str, list[float]] = {}
     for r in results:
         by.setdefault(r["condition"], []).append(r["final_true_return"])
@@ -76,8 +101,8 @@ def summarise(out: Path) -> str:
     # Random actions score about -1,300 on Pendulum: "80% of true-reward RL" is 80% of its gain over that.
     random_return = -1300.0
     lines = [
-        "| condition | runs | final true return (median) | share of the true-reward gain |",
-        "|---|---|---|---|",
+        "| condition | runs | true return per seed | median | IQM [95% CI] | share of the gain | swung up |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def order(condition: str) -> tuple[int, str]:
@@ -89,10 +114,16 @@ def summarise(out: Path) -> str:
         if condition == "true":
             name = "true reward"
         else:
-            labels, selection, teacher_name = condition.split(":")
+            labels, selection, teacher_name, *method = condition.split(":")
             teacher = f", {teacher_name} teacher {TEACHERS[teacher_name]}" if teacher_name != "perfect" else ""
-            name = f"{labels} labels, {selection}{teacher}"
-        lines.append(f"| {name} | {len(by[condition])} | {median:,.0f} | {share:.0%} |")
+            extra = f", {method[0]} {method_settings(method[0])}" if method else ""
+            name = f"{labels} labels, {selection}{teacher}{extra}"
+        per_seed = " ".join(f"{v:,.0f}" for v in by[condition])
+        up = sum(v > -400 for v in by[condition])
+        runs = len(by[condition])
+        low, high = bootstrap_interval(by[condition])
+        iqm = f"{interquartile_mean(by[condition]):,.0f} [{low:,.0f}, {high:,.0f}]"
+        lines.append(f"| {name} | {runs} | {per_seed} | {median:,.0f} | {iqm} | {share:.0%} | {up} / {runs} |")
     table = "\n".join(lines)
     (out / "summary.md").write_text(table + "\n")
     return table
@@ -104,8 +135,10 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--compare-at", type=int, default=200, help="label budget for the selection and noise runs")
     parser.add_argument(
-        "--teachers", nargs="+", choices=list(TEACHERS), default=["mistake"], help="noisy teachers to compare"
+        "--teachers", nargs="*", choices=list(TEACHERS), default=["mistake"], help="noisy teachers to compare"
     )
+    parser.add_argument("--methods", nargs="*", default=[], help="label-efficient methods to compare (METHODS)")
+    parser.add_argument("--no-random", action="store_true", help="leave out the random-selection runs")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("bench-labels"))
     parser.add_argument("--run", nargs=3, metavar=("CONDITION", "SEED", "OUT"), help=argparse.SUPPRESS)
@@ -115,11 +148,13 @@ def main() -> None:
         return
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     conditions = ["true"] + [f"{n}:disagreement:perfect" for n in args.labels]
-    conditions += [f"{args.compare_at}:random:perfect"]
+    conditions += [] if args.no_random else [f"{args.compare_at}:random:perfect"]
     conditions += [f"{args.compare_at}:disagreement:{name}" for name in args.teachers]
+    conditions += [f"{args.compare_at}:disagreement:perfect:{name}" for name in args.methods]
     jobs = []
-    for condition in dict.fromkeys(conditions):
-        for seed in args.seeds:
+    # Seeds outermost: an interrupted benchmark has every condition on the first seeds.
+    for seed in args.seeds:
+        for condition in dict.fromkeys(conditions):
             stem = args.out / "runs" / f"{condition.replace(':', '_')}-seed{seed}"
             if not Path(f"{stem}.json").exists():
                 command = [sys.executable, __file__, "--run", condition, str(seed), str(stem)]

@@ -14,6 +14,9 @@ resumes).
 
     python benchmarks/learning.py --envs HalfCheetah-v5 --labels 700 --seeds 0 1 2 --steps 300000 --out bench/
 
+``--algo trpo`` trains the MuJoCo preset's TRPO (the paper's, γ 0.995, λ 0.97) in both
+conditions instead of PPO.
+
 An ``ALE/...`` env id runs the Atari preset instead: A2C with 16 envs in ale-py's vectorised
 env (the preset's preprocessing, episode ends hidden in both conditions; the true-reward
 baseline's rewards clipped to their sign, as published A2C baselines train), scored on the
@@ -46,7 +49,7 @@ from common import run_parallel, write_json
 PPO_KWARGS = {"Swimmer-v5": {"gamma": 0.9999}}
 
 
-def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int, out: str) -> None:
+def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int, out: str, algo: str = "ppo") -> None:
     """Train and score one run (called in its own process)."""
     if env_id.startswith("ALE/"):
         write_json(_atari_run(env_id, condition, seed, steps, eval_every, out), out + ".json")
@@ -83,7 +86,12 @@ def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int,
         )
         callbacks.append(preferences)
     venv = VecNormalize(venv, norm_obs=False, norm_reward=True)
-    model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed, **PPO_KWARGS.get(env_id, {}))
+    if algo == "trpo":  # the MuJoCo preset's algorithm and settings (the paper's), for both conditions
+        from sb3_contrib import TRPO
+
+        model = TRPO("MlpPolicy", venv, seed=seed, **preset_for(env_id, "mujoco").algo_kwargs)
+    else:
+        model = PPO("MlpPolicy", venv, n_steps=512, batch_size=64, seed=seed, **PPO_KWARGS.get(env_id, {}))
     eval_env = make_vec_env(env_id, n_envs=1, seed=10_000 + seed)
     curve: list[tuple[int, float]] = []
 
@@ -299,6 +307,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300_000)
+    parser.add_argument("--algo", choices=("ppo", "trpo"), default="ppo", help="MuJoCo: PPO, or the preset's TRPO")
     parser.add_argument("--eval-every", type=int, default=30_000)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=Path("bench"))
@@ -306,7 +315,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:  # one run, in its own process
         env_id, condition, seed, out = args.run
-        run_one(env_id, condition, int(seed), args.steps, args.eval_every, out)
+        run_one(env_id, condition, int(seed), args.steps, args.eval_every, out, args.algo)
         return
 
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
@@ -316,7 +325,8 @@ def main() -> None:
     for seed in args.seeds:
         for env_id in args.envs:
             for condition in conditions:
-                stem = args.out / "runs" / f"{env_id.replace('/', '_')}-{condition}-seed{seed}"
+                algo = "" if args.algo == "ppo" else f"-{args.algo}"
+                stem = args.out / "runs" / f"{env_id.replace('/', '_')}{algo}-{condition}-seed{seed}"
                 if not Path(f"{stem}.json").exists():  # resume: finished runs are kept
                     jobs.append((env_id, condition, seed, str(stem)))
     print(f"{len(jobs)} runs to do on {args.jobs} cores")
@@ -329,6 +339,8 @@ def main() -> None:
                 __file__,
                 "--steps",
                 str(args.steps),
+                "--algo",
+                args.algo,
                 "--eval-every",
                 str(args.eval_every),
                 "--run",
