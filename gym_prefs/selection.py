@@ -31,7 +31,7 @@ __all__ = [
     "pair_disagreement",
     "preference_entropy",
     "preference_variance",
-    "recorded_disagreement",
+    "recorded_returns",
     "select_pairs",
 ]
 
@@ -116,12 +116,6 @@ def recorded_returns(pool: SegmentPool, places: SegmentPlaces) -> np.ndarray:
     return members.sum(axis=1).reshape(-1, 2, pool.members).transpose(2, 0, 1)
 
 
-def recorded_disagreement(pool: SegmentPool, places: SegmentPlaces) -> np.ndarray:
-    """:func:`pair_disagreement` from :func:`recorded_returns`; unscored pairs ``-inf`` (asked last)."""
-    variance = preference_variance(recorded_returns(pool, places))
-    return np.where(np.isnan(variance), -np.inf, variance)
-
-
 def select_pairs(
     pool: SegmentPool,
     model: RewardEnsemble,
@@ -167,7 +161,8 @@ def select_pairs(
             score = preference_variance(returns) if method.endswith("disagreement") else preference_entropy(returns)
             score = np.where(np.isnan(score), -np.inf, score)  # unscored pairs are asked last
             # Alone, a score keeps the best; before k-center, the better half (B-Pref's split).
-            keep = np.argsort(-score, kind="stable")[: count if not method.startswith("kcenter") else candidates // 2]
+            kept = max(count, candidates // 2) if method.startswith("kcenter") else count
+            keep = np.argsort(-score, kind="stable")[:kept]
         if method.startswith("kcenter"):
             features = _pair_features(pool, model, places[_both(keep)], length)
             centres = asked.features() if asked is not None else None

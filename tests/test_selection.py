@@ -239,3 +239,10 @@ def test_candidates_are_cut_and_scored_within_a_memory_budget(monkeypatch):
     unbounded, _ = choose(2**40)
     np.testing.assert_array_equal(chosen.obs, unbounded.obs)
     assert chosen.obs.shape == (4, 2, 5, 48, 48, 3)
+
+
+def test_kcenter_methods_pick_as_many_pairs_as_asked_with_few_candidates(pool):
+    model = _fitted(pool)
+    for method in ("kcenter", "kcenter_entropy", "kcenter_disagreement"):
+        chosen = select_pairs(pool, model, 7, 10, method, np.random.default_rng(0), candidates_factor=1)
+        assert chosen.obs.shape[0] == 7
