@@ -88,7 +88,8 @@ class PreferenceConfig:
             refit.
         exploration_steps: PEBBLE's unsupervised pre-training (Lee et al. 2021): for this many
             timesteps at the start of a fresh run, RL is paid a state-entropy reward (how far
-            each state lies from its neighbours among the newest 10,000) instead of r̂, and no
+            each state lies from its neighbours among the newest 10,000 that its reward wrapper
+            saw) instead of r̂, and no
             label is asked; then the initial labels are asked about segments of the states it
             reached, and RL goes on from the policy it learned (as in PEBBLE; an off-policy
             replay buffer is relabelled with r̂). The label schedule then runs over the rest of
