@@ -79,10 +79,11 @@ def run_one(env_id: str, condition: str, seed: int, steps: int, eval_every: int,
         preferences = gym_prefs.PreferenceCallback(
             "oracle",
             config=preset.config if preset else None,
-            total_labels=int(condition),
+            total_labels=_labels_of(condition),
             store=f"{out}.db",
             seed=seed,
             fitting="process",
+            **_settings_of(condition),
         )
         callbacks.append(preferences)
     venv = VecNormalize(venv, norm_obs=False, norm_reward=True)
@@ -158,14 +159,14 @@ def _atari_run(env_id: str, condition: str, seed: int, steps: int, eval_every: i
             "curve": [],
         }
 
-    labels = 0 if condition == "true" else int(condition)
+    labels = 0 if condition == "true" else _labels_of(condition)
     preset = atari_preset(env_id, total_labels=max(labels, 1))
     venv = make_atari_env(env_id, n_envs=16, seed=seed, learned_reward=labels > 0, ale_vector=True, num_threads=1)
     callbacks: list[BaseCallback] = []
     preferences = None
     if labels:
         preferences = gym_prefs.PreferenceCallback(
-            "oracle", config=preset.config, store=f"{out}.db", seed=seed, fitting="process"
+            "oracle", config=preset.config, store=f"{out}.db", seed=seed, fitting="process", **_settings_of(condition)
         )
         callbacks.append(preferences)
     else:
@@ -246,8 +247,31 @@ def summarise(out: Path, envs: list[str], conditions: list[str]) -> str:
     return table
 
 
+def _labels_of(condition: str) -> int:
+    """The label budget of a condition: ``"700"`` or ``"700:exploration_steps=20000+..."``."""
+    return int(condition.split(":")[0])
+
+
+def _settings_of(condition: str) -> dict[str, Any]:
+    """The PreferenceCallback settings after a condition's ``:``, ``+``-separated ``name=value`` pairs."""
+    _, _, settings = condition.partition(":")
+    pairs = (item.split("=", 1) for item in settings.split("+") if item)
+    return {name: _value(text) for name, text in pairs}
+
+
+def _value(text: str) -> Any:
+    """A setting's value: a number, true/false/null or a list as JSON, anything else as text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _condition_name(condition: str) -> str:
-    return {"true": "true reward", "random": "random policy"}.get(condition, f"{condition} labels")
+    if condition in ("true", "random"):
+        return {"true": "true reward", "random": "random policy"}[condition]
+    settings = ", ".join(f"{k}={v}" for k, v in _settings_of(condition).items())
+    return f"{_labels_of(condition)} labels" + (f", {settings}" if settings else "")
 
 
 def _against_true(condition: str, medians: dict[str, float]) -> str:
@@ -303,7 +327,10 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=["HalfCheetah-v5"])
     parser.add_argument("--labels", nargs="+", type=int, default=[350, 700, 1400])
     parser.add_argument(
-        "--conditions", nargs="+", help='instead of "true" and --labels: any of "random", "true" and label budgets'
+        "--conditions",
+        nargs="+",
+        help='instead of "true" and --labels: "random", "true", label budgets, or a budget with callback settings '
+        '("700:exploration_steps=20000+selection=entropy")',
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300_000)
@@ -326,7 +353,8 @@ def main() -> None:
         for env_id in args.envs:
             for condition in conditions:
                 algo = "" if args.algo == "ppo" else f"-{args.algo}"
-                stem = args.out / "runs" / f"{env_id.replace('/', '_')}{algo}-{condition}-seed{seed}"
+                name = condition.replace(":", "_").replace("+", "_").replace("=", "-")
+                stem = args.out / "runs" / f"{env_id.replace('/', '_')}{algo}-{name}-seed{seed}"
                 if not Path(f"{stem}.json").exists():  # resume: finished runs are kept
                     jobs.append((env_id, condition, seed, str(stem)))
     print(f"{len(jobs)} runs to do on {args.jobs} cores")
