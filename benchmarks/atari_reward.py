@@ -8,6 +8,10 @@ order pairs played by another (each random action held for 10 steps, so it moves
 sees other states). Reported: the share of held-out pairs with different true returns that the
 ensemble orders like the true reward (from the policy it learned on, and from the other one),
 and the per-step correlation of r̂ with the game's reward on the other policy's steps.
+
+``--model PATH`` scores a saved model instead of fitting one (say the ``*.reward_model.pt`` a
+learning run leaves beside its store, fitted on labels of the agent's own play as it learned):
+both random policies are then policies it was not trained on.
 """
 
 from __future__ import annotations
@@ -64,24 +68,10 @@ def accuracy(model: RewardEnsemble, pairs: dict[str, np.ndarray]) -> tuple[float
     return float(agree.mean()), int(clear.sum())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="ALE/SpaceInvaders-v5")
-    parser.add_argument("--labels", type=int, default=500)
-    parser.add_argument("--fit-steps", type=int, default=300, help="gradient steps of the fit (16 pairs each)")
-    parser.add_argument("--steps", type=int, default=2_500, help="steps per env (8 envs) each policy plays")
-    parser.add_argument("--test-pairs", type=int, default=1_000)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
-    start = time.perf_counter()
-    trained_on = play(args.env, args.steps, hold=1, seed=args.seed)
-    other = play(args.env, args.steps, hold=10, seed=args.seed + 1)
-    played = time.perf_counter() - start
-
+def fit_on_random_play(
+    args: argparse.Namespace, trained_on: SegmentPool, rng: np.random.Generator
+) -> tuple[RewardEnsemble, dict[str, object]]:
+    """The preset's ensemble fitted on ``args.labels`` oracle labels of random pairs of ``trained_on``."""
     preset = atari_preset(args.env, total_labels=args.labels)
     spaces = trained_on.observation_space, trained_on.action_space
     model = RewardEnsemble(*spaces, seed=args.seed, **preset.config.reward_model)
@@ -92,7 +82,40 @@ def main() -> None:
     trainer = RewardTrainer(model, batch_size=preset.config.batch_size, seed=args.seed)
     start = time.perf_counter()
     fit = trainer.fit(data, epochs=10**6, max_steps=args.fit_steps)
-    fit_seconds = time.perf_counter() - start
+    return model, {
+        "labels": args.labels,
+        "label_kinds": {kind: answers.count(kind) for kind in PREFERENCE_OF},
+        "fit_steps": fit.steps,
+        "fit_seconds": round(time.perf_counter() - start, 1),
+        "fit_train_loss": float(np.mean(fit.train_loss)),
+        "fit_val_accuracy": fit.accuracy,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="ALE/SpaceInvaders-v5")
+    parser.add_argument("--labels", type=int, default=500)
+    parser.add_argument("--fit-steps", type=int, default=300, help="gradient steps of the fit (16 pairs each)")
+    parser.add_argument("--steps", type=int, default=2_500, help="steps per env (8 envs) each policy plays")
+    parser.add_argument("--test-pairs", type=int, default=1_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--model", default=None, help="score this saved reward model instead of fitting one")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    start = time.perf_counter()
+    trained_on = play(args.env, args.steps, hold=1, seed=args.seed)
+    other = play(args.env, args.steps, hold=10, seed=args.seed + 1)
+    played = time.perf_counter() - start
+
+    fitted: dict[str, object] = {"model": args.model}
+    if args.model:
+        model = RewardEnsemble.load(args.model)
+    else:
+        model, fitted = fit_on_random_play(args, trained_on, rng)
 
     same_accuracy, same_count = accuracy(model, pairs_of(trained_on, args.test_pairs, rng))
     other_accuracy, other_count = accuracy(model, pairs_of(other, args.test_pairs, rng))
@@ -101,13 +124,8 @@ def main() -> None:
     report(
         {
             "env": args.env,
-            "labels": args.labels,
-            "label_kinds": {kind: answers.count(kind) for kind in PREFERENCE_OF},
-            "fit_steps": fit.steps,
-            "fit_seconds": round(fit_seconds, 1),
+            **fitted,
             "play_seconds": round(played, 1),
-            "fit_train_loss": float(np.mean(fit.train_loss)),
-            "fit_val_accuracy": fit.accuracy,
             "heldout_same_policy_accuracy": same_accuracy,
             "heldout_same_policy_pairs": same_count,
             "heldout_other_policy_accuracy": other_accuracy,
